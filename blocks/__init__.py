@@ -1,0 +1,1 @@
+"""Reusable FrEIA invertible modules for conditional normalizing flows (no SR knowledge)."""
