@@ -1,0 +1,131 @@
+"""Latent-space editing (cinn_sr.latent, SPEC 1.5)."""
+
+import math
+
+import pytest
+import torch
+
+from cinn_sr.latent import mask_at_level, normalize_latents
+
+TAU = 0.7
+
+# One latent level per mode, shaped so that each has a few thousand collections of N entries:
+# local: one collection per (image, position), N = channels; global: one per image, N = C*h*w;
+# spatial: one per (image, channel), N = h*w.
+LAYOUTS = {
+    "local": ((4, 64, 32, 32), (1,)),
+    "global": ((2000, 16, 4, 4), (1, 2, 3)),
+    "spatial": ((8, 250, 16, 16), (2, 3)),
+}
+
+
+def _collection_stats(z: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-collection means and unbiased variances."""
+    return z.mean(dims).flatten().double(), z.var(dims, correction=1).flatten().double()
+
+
+@pytest.mark.parametrize("mode", sorted(LAYOUTS))
+def test_normalize_latents_moments_follow_the_sampling_distribution(mode):
+    shape, dims = LAYOUTS[mode]
+    gen = torch.Generator().manual_seed(0)
+    # Far from the target: shifted, scaled, and with collection-to-collection variation.
+    z = 3.0 * torch.rand(shape, generator=gen) ** 2 + 5.0
+    (out,) = normalize_latents([z], mode, TAU, generator=gen)
+
+    means, variances = _collection_stats(out, dims)
+    collections = means.numel()
+    n = math.prod(shape[d] for d in dims)
+    assert n * collections == z.numel()
+    # m ~ N(0, tau^2/N): the average of C draws has std tau/sqrt(N C); their spread is tau^2/N,
+    # and a sample variance of C normals has relative std sqrt(2/(C-1)). Five sigma each.
+    assert abs(means.mean()) < 5 * TAU / math.sqrt(n * collections)
+    assert abs(means.var() / (TAU**2 / n) - 1) < 5 * math.sqrt(2 / (collections - 1))
+    # s^2 ~ Gamma((N-1)/2, 2 tau^2/(N-1)): mean tau^2, variance 2 tau^4/(N-1).
+    var_of_s2 = 2 * TAU**4 / (n - 1)
+    assert abs(variances.mean() - TAU**2) < 5 * math.sqrt(var_of_s2 / collections)
+    assert abs(variances.var() / var_of_s2 - 1) < 5 * math.sqrt(2 / (collections - 1)) * 1.5
+
+
+@pytest.mark.parametrize("mode", sorted(LAYOUTS))
+def test_normalize_latents_is_an_affine_map_of_each_collection(mode):
+    shape, dims = LAYOUTS[mode]
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(shape, generator=gen) * 2 + 1
+    (out,) = normalize_latents([z], mode, TAU, generator=gen)
+
+    def standardized(t):
+        return (t - t.mean(dims, keepdim=True)) / t.std(dims, keepdim=True)
+
+    torch.testing.assert_close(standardized(out), standardized(z), atol=2e-4, rtol=1e-4)
+
+
+def test_normalize_latents_is_reproducible_with_a_generator_and_handles_several_levels():
+    levels = [torch.randn(2, 6, 16, 16), torch.randn(2, 12, 8, 8), torch.randn(2, 48, 4, 4)]
+    first = normalize_latents(levels, "local", 0.8, generator=torch.Generator().manual_seed(3))
+    again = normalize_latents(levels, "local", 0.8, generator=torch.Generator().manual_seed(3))
+    other = normalize_latents(levels, "local", 0.8, generator=torch.Generator().manual_seed(4))
+    for a, b, c, z in zip(first, again, other, levels, strict=True):
+        assert a.shape == z.shape
+        assert torch.equal(a, b)
+        assert not torch.allclose(a, c)
+
+
+def test_mask_at_level_marks_every_entry_that_covers_a_masked_pixel():
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[9, 21] = True  # one HR pixel
+    for size in (32, 16, 8, 4):
+        level = mask_at_level(mask, (size, size))
+        assert level.shape == (1, 1, size, size)
+        factor = 32 // size
+        expected = torch.zeros(size, size, dtype=torch.bool)
+        expected[9 // factor, 21 // factor] = True
+        assert torch.equal(level[0, 0], expected)
+    float_mask = torch.zeros(2, 1, 8, 8)
+    float_mask[1, 0, :2, :2] = 0.9
+    float_mask[0, 0, 4:, 4:] = 0.3  # below one half: outside
+    level = mask_at_level(float_mask, (4, 4))
+    assert level[1, 0].sum() == 1 and level[1, 0, 0, 0]
+    assert not level[0].any()
+    with pytest.raises(ValueError, match="does not map"):
+        mask_at_level(mask, (5, 5))
+
+
+@pytest.mark.parametrize("mode", sorted(LAYOUTS))
+def test_normalize_latents_inside_a_mask_changes_only_the_masked_entries(mode):
+    gen = torch.Generator().manual_seed(5)
+    hr_mask = torch.zeros(64, 64, dtype=torch.bool)
+    hr_mask[8:40, 16:64] = True  # HR pixels; at the 16x16 level: rows 2..9, columns 4..15
+    z = torch.randn(3, 40, 16, 16, generator=gen) * 3 + 2
+    (out,) = normalize_latents([z], mode, TAU, mask=hr_mask, generator=gen)
+
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[2:10, 4:16] = True
+    assert torch.equal(out[..., ~inside], z[..., ~inside])
+    assert (out[..., inside] != z[..., inside]).all()
+    # The masked entries alone form the collections: standardized within them, they are kept.
+    kept, new = z[..., inside], out[..., inside]  # [B, C, N_positions]
+    dims = {"global": (1, 2), "local": (1,), "spatial": (2,)}[mode]
+
+    def standardized(t):
+        return (t - t.mean(dims, keepdim=True)) / t.std(dims, keepdim=True)
+
+    torch.testing.assert_close(standardized(new), standardized(kept), atol=2e-4, rtol=1e-4)
+    # ... and they were moved to the target scale (96 positions x 40 channels, tau = 0.7).
+    assert abs(new.std() - TAU) < 0.1
+
+
+def test_normalize_latents_one_entry_collection_becomes_its_drawn_mean():
+    z = torch.full((1, 5, 4, 4), 7.0)
+    hr_mask = torch.zeros(4, 4, dtype=torch.bool)
+    hr_mask[1, 2] = True
+    (out,) = normalize_latents([z], "spatial", TAU, mask=hr_mask,
+                               generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all()
+    assert (out[0, :, 1, 2] != 7.0).all() and (out[0, :, 1, 2].abs() < 5 * TAU).all()
+    out[0, :, 1, 2] = 7.0
+    assert torch.equal(out, z)
+
+
+def test_normalize_latents_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="mode"):
+        normalize_latents([torch.randn(1, 2, 2, 2)], "channel", 1.0)
