@@ -1,0 +1,148 @@
+"""Reading images as 8-bit RGB and writing them atomically.
+
+Every reader path ends in one layout: ``H x W x 3`` uint8 RGB numpy. Grayscale is repeated
+to three channels, an alpha channel is dropped (with a warning), 16-bit and 32-bit integer
+images are scaled to 8 bits (``round(v * 255 / max)``), palette/CMYK images are converted.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+__all__ = ["ImageReadError", "IMAGE_SUFFIXES", "read_image", "write_image", "list_images"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read (unknown format, truncated, corrupt)."""
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale an integer or float image to uint8 (16-bit: v * 255 / 65535, rounded)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        peak = 1.0 if array.size == 0 or np.nanmax(array) <= 1.0 else 255.0
+        scaled = np.nan_to_num(array.astype(np.float64)) * (255.0 / peak)
+    else:
+        bits = 16 if array.dtype.itemsize <= 2 or array.max(initial=0) <= 65535 else 32
+        scaled = array.astype(np.float64) * (255.0 / (2**bits - 1))
+    return np.floor(np.clip(scaled, 0, 255) + 0.5).astype(np.uint8)
+
+
+def _to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    """Bring ``H x W``, ``H x W x 1/2/3/4`` arrays to ``H x W x 3``."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ImageReadError(f"{name}: unsupported image layout {array.shape}")
+    if array.shape[2] in (2, 4):
+        warnings.warn(f"{name}: alpha channel dropped", stacklevel=3)
+        array = array[:, :, :-1]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.imread(path, key=0)
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise ImageReadError(f"{path.name}: cannot read TIFF ({error})") from error
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "PA"):
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGB")
+            elif image.mode == "1":
+                image = image.convert("L")
+            return np.array(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path.name}: cannot read image ({error})") from error
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``H x W x 3`` uint8 RGB (see the module docstring).
+
+    Raises ``ImageReadError`` (a ``ValueError``) with a one-line message for a missing,
+    unreadable or truncated file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path.name}: no such file")
+    reader = _read_tiff if path.suffix.lower() in (".tif", ".tiff") else _read_pillow
+    array = reader(path)
+    if array.size == 0:
+        raise ImageReadError(f"{path.name}: empty image")
+    return _to_rgb(_to_uint8(array), path.name)
+
+
+def _as_uint8_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 4:
+            if tensor.shape[0] != 1:
+                raise ValueError(f"write_image takes one image, got a batch of {tensor.shape[0]}")
+            tensor = tensor[0]
+        if tensor.ndim == 3:
+            tensor = tensor.permute(1, 2, 0)
+        if tensor.is_floating_point():
+            tensor = torch.floor(tensor.double().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        image = tensor.numpy()
+    elif image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"write_image takes uint8 or float [0, 1] images, got {image.dtype}")
+        image = np.floor(np.clip(image.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"write_image takes HxW, HxWx3 or CxHxW images, got {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
+    """Write an image atomically (temporary file in the same folder, then ``os.replace``).
+
+    Accepts uint8 ``H x W x 3`` numpy, float numpy in [0, 1], or a torch tensor ``[3, H, W]``
+    / ``[1, 3, H, W]`` (float in [0, 1], rounded to uint8; or uint8). The format follows the
+    suffix (PNG when there is none known to Pillow).
+    """
+    path = Path(path)
+    array = _as_uint8_hwc(image)
+    file_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            Image.fromarray(array).save(stream, format=file_format)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
