@@ -126,6 +126,13 @@ def _as_uint8_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def make_world_readable(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the usual ``0666 & ~umask``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
     """Write an image atomically (temporary file in the same folder, then ``os.replace``).
 
@@ -141,6 +148,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Pa
     try:
         with os.fdopen(handle, "wb") as stream:
             Image.fromarray(array).save(stream, format=file_format)
+        make_world_readable(temp_name)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -1,0 +1,80 @@
+"""Whole-image HR/LR pairs from folders, for evaluation (DIV2K, Set5/Set14 layouts)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .images import list_images, read_image
+from .resize import imresize
+
+__all__ = ["ImageFolderPairs", "crop_to_multiple"]
+
+
+def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:
+    """Crop an ``H x W x C`` image at the bottom/right so both sides are multiples of scale."""
+    height, width = image.shape[:2]
+    return image[: height - height % scale, : width - width % scale]
+
+
+def _to_float_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+class ImageFolderPairs(Dataset):
+    """``(name, hr, lr)`` per image of ``hr_dir``: float tensors in [0, 1], ``[3, H, W]``.
+
+    HR is cropped to a multiple of ``scale``. LR comes from ``lr_dir`` (same stem, or the
+    DIV2K name ``0801x4.png`` for ``0801.png``; its size must be HR / scale) or, without
+    ``lr_dir``, is ``imresize(HR, 1/scale)`` rounded to uint8. ``name`` is the HR file stem.
+    Raises ``ValueError`` (one line) for an empty folder or missing LR files.
+    """
+
+    def __init__(
+        self, hr_dir: str | os.PathLike, scale: int, lr_dir: str | os.PathLike | None = None
+    ):
+        self.hr_dir = Path(hr_dir)
+        self.scale = int(scale)
+        if self.scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale}")
+        if not self.hr_dir.is_dir():
+            raise ValueError(f"{hr_dir}: no such folder")
+        self.hr_files = list_images(self.hr_dir)
+        if not self.hr_files:
+            raise ValueError(f"{hr_dir}: no images found")
+        self.lr_files: list[Path] | None = None
+        if lr_dir is not None:
+            if not Path(lr_dir).is_dir():
+                raise ValueError(f"{lr_dir}: no such folder")
+            by_stem = {}
+            for path in list_images(lr_dir):
+                stem = path.stem.removesuffix(f"x{self.scale}")
+                by_stem[stem] = path
+            missing = [p.name for p in self.hr_files if p.stem not in by_stem]
+            if missing:
+                raise ValueError(
+                    f"{lr_dir}: no LR image for {len(missing)} HR images ({', '.join(missing[:5])})"
+                )
+            self.lr_files = [by_stem[p.stem] for p in self.hr_files]
+
+    def __len__(self) -> int:
+        return len(self.hr_files)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        hr_path = self.hr_files[index]
+        hr = crop_to_multiple(read_image(hr_path), self.scale)
+        if self.lr_files is None:
+            lr = imresize(hr, 1 / self.scale)
+        else:
+            lr = read_image(self.lr_files[index])
+            expected = (hr.shape[0] // self.scale, hr.shape[1] // self.scale)
+            if lr.shape[:2] != expected:
+                raise ValueError(
+                    f"{self.lr_files[index].name} is {lr.shape[1]}x{lr.shape[0]}, expected "
+                    f"{expected[1]}x{expected[0]} (HR {hr_path.name} / {self.scale})"
+                )
+        return hr_path.stem, _to_float_chw(hr), _to_float_chw(lr)

@@ -1,0 +1,336 @@
+"""Packing image folders into one HDF5 file of HR patches and their LR counterparts.
+
+File layout (all uint8, one chunk per patch, compressed):
+
+- ``hr``: ``N x P x P x 3``; ``lr``: ``N x P/s x P/s x 3``; ``source_index``: ``N`` (int32,
+  index into the ``sources`` attribute).
+- attributes: ``format`` = ``"cinn-sr-patches"``, ``format_version``, ``version`` (package),
+  ``scale``, ``patch``, ``degradation`` (``"bicubic"``: LR = ``imresize(HR patch, 1/s)``
+  rounded to uint8; ``"paired"``: LR cropped from a given LR image), ``mode`` (``random``,
+  ``grid`` or ``faces``), ``per_image``, ``stride``, ``seed``, ``sources`` (file names).
+
+Images are streamed one at a time into resizable datasets, so memory does not grow with
+the number of images. The file is written under a temporary name in the output folder and
+renamed when complete; on any error or interruption the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .images import IMAGE_SUFFIXES, ImageReadError, list_images, make_world_readable, read_image
+from .resize import imresize
+
+__all__ = ["PATCH_FILE_FORMAT", "PATCH_FILE_VERSION", "PackSummary", "pack_images"]
+
+PATCH_FILE_FORMAT = "cinn-sr-patches"
+PATCH_FILE_VERSION = 1
+
+
+def _package_version() -> str:
+    try:
+        return version("cinn-sr")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass
+class PackSummary:
+    """What a pack produced: counts, skipped files with reasons, warnings, time taken."""
+
+    out: Path
+    patches: int
+    images: int
+    scale: int
+    patch: int
+    degradation: str
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One-line human summary."""
+        lr = self.patch // self.scale
+        text = (
+            f"packed {self.patches} patches ({self.patch}x{self.patch} HR, {lr}x{lr} LR, "
+            f"x{self.scale} {self.degradation}) from {self.images} images into {self.out} "
+            f"in {self.seconds:.1f} s"
+        )
+        if self.skipped:
+            names = ", ".join(f"{name} ({reason})" for name, reason in self.skipped)
+            text += f"; skipped {len(self.skipped)}: {names}"
+        return text
+
+
+def collect_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found (sorted, not recursively) in the given folders."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files.extend(list_images(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{source}: no such file or folder")
+    return files
+
+
+def _lr_index(lr_dir: Path, scale: int) -> dict[str, Path]:
+    """LR files by HR stem: ``0801.png`` and DIV2K's ``0801x4.png`` both match ``0801``."""
+    index: dict[str, Path] = {}
+    suffix = f"x{scale}"
+    for path in list_images(lr_dir):
+        stem = path.stem
+        index[stem[: -len(suffix)] if stem.endswith(suffix) else stem] = path
+    return index
+
+
+def _positions(
+    length: int, patch: int, count: int | None, stride: int | None, step: int, rng
+) -> np.ndarray:
+    """Top-left offsets along one axis: a regular grid, or ``count`` random multiples of step."""
+    if stride is not None:
+        return np.arange(0, length - patch + 1, stride)
+    return rng.integers(0, (length - patch) // step + 1, size=count) * step
+
+
+def _crop_boxes(
+    shape: Sequence[int], patch: int, per_image: int, stride: int | None, step: int, rng
+) -> list[tuple[int, int]]:
+    height, width = shape[:2]
+    if stride is not None:
+        ys = _positions(height, patch, None, stride, step, rng)
+        xs = _positions(width, patch, None, stride, step, rng)
+        return [(int(y), int(x)) for y in ys for x in xs]
+    ys = _positions(height, patch, per_image, None, step, rng)
+    xs = _positions(width, patch, per_image, None, step, rng)
+    return [(int(y), int(x)) for y, x in zip(ys, xs, strict=True)]
+
+
+def _centre_square(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+class _SkipImage(Exception):
+    """An input image that is left out of the pack (the message is the reason)."""
+
+
+def _read(path: Path, notes: list[str]) -> np.ndarray:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = read_image(path)
+        except ImageReadError as error:
+            reason = str(error).removeprefix(f"{path.name}: ")
+            raise _SkipImage(reason) from error
+    notes.extend(str(w.message) for w in caught)
+    return image
+
+
+def _patches_of(
+    path: Path,
+    index: int,
+    *,
+    scale: int,
+    patch: int,
+    per_image: int,
+    stride: int | None,
+    seed: int,
+    faces: bool,
+    lr_files: dict[str, Path] | None,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """HR patches ``n x P x P x 3`` and LR patches of one image (raises _SkipImage)."""
+    hr_image = _read(path, notes)
+    height, width = hr_image.shape[:2]
+    if min(height, width) < patch:
+        raise _SkipImage(f"{width}x{height} is smaller than the {patch}x{patch} patch")
+    if faces:
+        hr = imresize(_centre_square(hr_image), size=(patch, patch))[None]
+        return hr, imresize(hr, 1 / scale)
+    rng = np.random.default_rng([seed, index])
+    lr_size = patch // scale
+    if lr_files is None:
+        boxes = _crop_boxes(hr_image.shape, patch, per_image, stride, 1, rng)
+        hr = np.stack([hr_image[y : y + patch, x : x + patch] for y, x in boxes])
+        return hr, imresize(hr, 1 / scale)
+    lr_path = lr_files.get(path.stem)
+    if lr_path is None:
+        raise _SkipImage("no LR image with a matching name")
+    lr_image = _read(lr_path, notes)
+    expected = (height // scale, width // scale)
+    if lr_image.shape[:2] != expected:
+        raise _SkipImage(
+            f"LR {lr_path.name} is {lr_image.shape[1]}x{lr_image.shape[0]}, "
+            f"expected {expected[1]}x{expected[0]}"
+        )
+    boxes = _crop_boxes(hr_image.shape, patch, per_image, stride, scale, rng)
+    hr = np.stack([hr_image[y : y + patch, x : x + patch] for y, x in boxes])
+    lr = np.stack(
+        [
+            lr_image[y // scale : y // scale + lr_size, x // scale : x // scale + lr_size]
+            for y, x in boxes
+        ]
+    )
+    return hr, lr
+
+
+def _create_datasets(handle: h5py.File, patch: int, lr_size: int, compression: str) -> None:
+    options = {"compression": compression}
+    if compression == "gzip":
+        options["compression_opts"] = 4
+    for name, side in (("hr", patch), ("lr", lr_size)):
+        handle.create_dataset(
+            name,
+            shape=(0, side, side, 3),
+            maxshape=(None, side, side, 3),
+            chunks=(1, side, side, 3),
+            dtype=np.uint8,
+            **options,
+        )
+    handle.create_dataset("source_index", shape=(0,), maxshape=(None,), dtype=np.int32)
+
+
+def _append(handle: h5py.File, hr: np.ndarray, lr: np.ndarray, source: int) -> None:
+    start = handle["hr"].shape[0]
+    stop = start + hr.shape[0]
+    for name, values in (("hr", hr), ("lr", lr)):
+        handle[name].resize(stop, axis=0)
+        handle[name][start:stop] = values
+    handle["source_index"].resize(stop, axis=0)
+    handle["source_index"][start:stop] = source
+
+
+def _check_options(
+    scale: int, patch: int, per_image: int, stride: int | None, faces: bool, paired: bool
+) -> None:
+    if scale < 1 or patch < 1 or patch % scale:
+        raise ValueError(f"patch size {patch} must be a positive multiple of the scale {scale}")
+    if stride is not None and stride < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if stride is None and per_image < 1:
+        raise ValueError(f"per_image must be positive, got {per_image}")
+    if faces and paired:
+        raise ValueError("face mode resizes whole images and cannot use paired LR images")
+    if faces and stride is not None:
+        raise ValueError("face mode takes one patch per image; it has no stride")
+    if paired and stride is not None and stride % scale:
+        raise ValueError(f"with paired LR images the stride must be a multiple of {scale}")
+
+
+def pack_images(
+    sources: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    scale: int = 4,
+    patch: int = 160,
+    per_image: int = 47,
+    stride: int | None = None,
+    seed: int = 0,
+    lr_dir: str | os.PathLike | None = None,
+    faces: bool = False,
+    progress: bool = True,
+    compression: str = "gzip",
+) -> PackSummary:
+    """Pack images (files or folders) into an HDF5 patch file (layout: module docstring).
+
+    Modes: ``per_image`` random crops per image (default, reproducible from ``seed``), a
+    regular grid with ``stride``, or ``faces=True``: each image centre-cropped to a square and
+    resized to ``patch x patch``. LR is ``imresize(HR, 1/scale)`` rounded to uint8, or with
+    ``lr_dir`` the matching crop of the LR image of the same name (``0801.png`` or
+    ``0801x4.png``; HR crops are then aligned to multiples of ``scale``).
+
+    Unreadable, truncated or too small images are skipped and listed in the summary; an
+    alpha channel is dropped with a note in ``summary.warnings``. Raises ``ValueError``
+    (one line) for bad options or when no image could be packed.
+    """
+    started = time.perf_counter()
+    _check_options(scale, patch, per_image, stride, faces, lr_dir is not None)
+    files = collect_sources(sources)
+    if not files:
+        raise ValueError(f"no image files found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    lr_files = None
+    if lr_dir is not None:
+        if not Path(lr_dir).is_dir():
+            raise FileNotFoundError(f"{lr_dir}: no such folder")
+        lr_files = _lr_index(Path(lr_dir), scale)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle_fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle_fd)
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    packed_sources: list[str] = []
+    try:
+        with h5py.File(temp_name, "w", libver="v108") as handle:
+            _create_datasets(handle, patch, patch // scale, compression)
+            for index, path in enumerate(
+                tqdm(files, desc="pack", unit="img", disable=not progress)
+            ):
+                try:
+                    hr, lr = _patches_of(
+                        path,
+                        index,
+                        scale=scale,
+                        patch=patch,
+                        per_image=per_image,
+                        stride=stride,
+                        seed=seed,
+                        faces=faces,
+                        lr_files=lr_files,
+                        notes=notes,
+                    )
+                except _SkipImage as reason:
+                    skipped.append((path.name, str(reason)))
+                    continue
+                _append(handle, hr, lr, len(packed_sources))
+                packed_sources.append(path.name)
+            if not packed_sources:
+                reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped)
+                raise ValueError(f"no image could be packed ({reasons})")
+            handle.attrs.update(
+                {
+                    "format": PATCH_FILE_FORMAT,
+                    "format_version": PATCH_FILE_VERSION,
+                    "version": _package_version(),
+                    "scale": scale,
+                    "patch": patch,
+                    "degradation": "paired" if lr_files is not None else "bicubic",
+                    "mode": "faces" if faces else ("grid" if stride is not None else "random"),
+                    "per_image": 1 if faces else (per_image if stride is None else 0),
+                    "stride": stride or 0,
+                    "seed": seed,
+                    "sources": np.array(packed_sources, dtype=h5py.string_dtype()),
+                }
+            )
+            count = handle["hr"].shape[0]
+        make_world_readable(temp_name)
+        os.replace(temp_name, out)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return PackSummary(
+        out=out,
+        patches=count,
+        images=len(packed_sources),
+        scale=scale,
+        patch=patch,
+        degradation="paired" if lr_files is not None else "bicubic",
+        seconds=time.perf_counter() - started,
+        skipped=skipped,
+        warnings=notes,
+    )

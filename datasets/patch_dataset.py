@@ -1,0 +1,104 @@
+"""A torch Dataset over a packed HDF5 patch file (see ``pack.py`` for the layout)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .pack import PATCH_FILE_FORMAT
+
+__all__ = ["PatchFileError", "PatchDataset", "read_patch_attrs"]
+
+
+class PatchFileError(ValueError):
+    """A file that is not a cinn-sr patch file, or not the one the caller asked for."""
+
+
+def read_patch_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The attributes of a cinn-sr patch file plus ``length``; ``PatchFileError`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise PatchFileError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as handle:
+            attrs = dict(handle.attrs)
+            if attrs.get("format") != PATCH_FILE_FORMAT or "hr" not in handle or "lr" not in handle:
+                raise PatchFileError(f"{path.name} is not a cinn-sr patch file")
+            attrs["length"] = int(handle["hr"].shape[0])
+    except OSError as error:
+        raise PatchFileError(f"{path.name} is not a cinn-sr patch file (not HDF5)") from error
+    for key, value in attrs.items():
+        if isinstance(value, np.integer):
+            attrs[key] = int(value)
+        elif isinstance(value, np.ndarray):
+            attrs[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    return attrs
+
+
+def _to_float_chw(patch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
+
+
+class PatchDataset(Dataset):
+    """``(hr, lr)`` float tensors in [0, 1], ``[3, P, P]`` and ``[3, P/s, P/s]``.
+
+    The HDF5 file is opened lazily, once per process (so each DataLoader worker has its own
+    handle, opened after the fork). With ``augment=True`` each item gets one of the eight
+    flips/90-degree rotations, drawn from torch's RNG and applied identically to HR and LR.
+    ``scale``, when given, must match the file's scale (``PatchFileError`` otherwise).
+    """
+
+    def __init__(self, path: str | os.PathLike, augment: bool = True, scale: int | None = None):
+        self.path = Path(path)
+        self.attrs = read_patch_attrs(self.path)
+        self.scale: int = self.attrs["scale"]
+        self.patch: int = self.attrs["patch"]
+        self.augment = augment
+        if scale is not None and scale != self.scale:
+            raise PatchFileError(
+                f"{self.path.name} holds x{self.scale} patches, but x{scale} was asked for"
+            )
+        self._length: int = self.attrs["length"]
+        self._handle: h5py.File | None = None
+        self._handle_pid: int | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._handle_pid != os.getpid():
+            self._handle = h5py.File(self.path, "r")
+            self._handle_pid = os.getpid()
+        return self._handle
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -self._length <= index < self._length:
+            raise IndexError(f"patch {index} out of range for {self._length} patches")
+        handle = self._file()
+        hr = _to_float_chw(handle["hr"][index])
+        lr = _to_float_chw(handle["lr"][index])
+        if self.augment:
+            flip, turns = torch.randint(2, ()).item(), torch.randint(4, ()).item()
+            if flip:
+                hr, lr = hr.flip(-1), lr.flip(-1)
+            if turns:
+                hr, lr = hr.rot90(turns, (-2, -1)), lr.rot90(turns, (-2, -1))
+            hr, lr = hr.contiguous(), lr.contiguous()
+        return hr, lr
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_handle_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        handle = self.__dict__.get("_handle")
+        if handle is not None and self._handle_pid == os.getpid():
+            handle.close()
