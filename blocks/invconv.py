@@ -10,9 +10,10 @@ Two parameterisations:
 - "full": the parameter `weight` is W itself, as in the SRFlow reference code; the
   log-det uses slogdet and the reverse pass inverts W in float64.
 - "lu" (Glow): W = P L (U + diag(sign_s * exp(log_s))) with a fixed permutation P
-  (buffer `permutation`), a unit lower-triangular L (parameter `lower`, entries below
-  the diagonal used), a strictly upper-triangular U (parameter `upper`), fixed signs
-  (buffer `sign_s`) and the parameter `log_s`. Then log|det W| = sum(log_s), and the
+  (buffer `permutation`), a unit lower-triangular L, a strictly upper-triangular U and
+  fixed signs (buffer `sign_s`). L, U and log_s are packed into one C x C parameter `lu`
+  (strict lower triangle = L, strict upper triangle = U, diagonal = log_s), so the layer
+  has C^2 trainable values like the full matrix. log|det W| = sum(log_s), and the
   inverse comes from triangular solves: no determinant or general inverse needed.
 
 Both expose `weight_matrix()` and `set_weight_matrix(W)`, the latter exact (to float
@@ -53,17 +54,16 @@ class InvConv1x1(InvertibleModule):
             self.weight = nn.Parameter(torch.eye(channels))
         else:
             self.register_buffer("permutation", torch.eye(channels))
-            self.lower = nn.Parameter(torch.zeros(channels, channels))
-            self.upper = nn.Parameter(torch.zeros(channels, channels))
             self.register_buffer("sign_s", torch.ones(channels))
-            self.log_s = nn.Parameter(torch.zeros(channels))
+            self.lu = nn.Parameter(torch.zeros(channels, channels))
         self.set_weight_matrix(random_rotation(channels))
 
     def _lu_factors(self) -> tuple[Tensor, Tensor]:
         """(L, U') with unit-diagonal L and U' = U + diag(sign_s * exp(log_s))."""
-        eye = torch.eye(self.channels, dtype=self.lower.dtype, device=self.lower.device)
-        lower = torch.tril(self.lower, -1) + eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.sign_s * torch.exp(self.log_s))
+        eye = torch.eye(self.channels, dtype=self.lu.dtype, device=self.lu.device)
+        lower = torch.tril(self.lu, -1) + eye
+        log_s = torch.diagonal(self.lu)
+        upper = torch.triu(self.lu, 1) + torch.diag(self.sign_s * torch.exp(log_s))
         return lower, upper
 
     def weight_matrix(self) -> Tensor:
@@ -83,13 +83,13 @@ class InvConv1x1(InvertibleModule):
                                                   unitriangular=True)
         upper_inv = torch.linalg.solve_triangular(upper.double(), eye, upper=True)
         inverse = upper_inv @ lower_inv @ self.permutation.double().T
-        return inverse.to(self.log_s.dtype)
+        return inverse.to(self.lu.dtype)
 
     def log_abs_det(self) -> Tensor:
         """log|det W| (per pixel)."""
         if self.parameterization == "full":
             return torch.linalg.slogdet(self.weight)[1]
-        return self.log_s.sum()
+        return torch.diagonal(self.lu).sum()
 
     @torch.no_grad()
     def set_weight_matrix(self, matrix: Tensor) -> None:
@@ -106,10 +106,9 @@ class InvConv1x1(InvertibleModule):
         if bool((diagonal == 0).any()):
             raise ValueError("InvConv1x1: the matrix is singular")
         self.permutation.copy_(permutation)
-        self.lower.copy_(torch.tril(lower, -1))
-        self.upper.copy_(torch.triu(upper, 1))
         self.sign_s.copy_(torch.sign(diagonal))
-        self.log_s.copy_(torch.log(diagonal.abs()))
+        self.lu.copy_(torch.tril(lower, -1) + torch.triu(upper, 1)
+                      + torch.diag(torch.log(diagonal.abs())))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x = x_or_z[0]
