@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 __all__ = ["ImageReadError", "IMAGE_SUFFIXES", "read_image", "write_image", "list_images"]
 
@@ -69,7 +69,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     try:
         return tifffile.imread(path, key=0)
     except Exception as error:  # tifffile raises many types for damaged files
-        raise ImageReadError(f"{path.name}: cannot read TIFF ({error})") from error
+        raise ImageReadError(f"{path.name}: corrupt TIFF ({error})") from error
 
 
 def _read_pillow(path: Path) -> np.ndarray:
@@ -83,8 +83,11 @@ def _read_pillow(path: Path) -> np.ndarray:
             elif image.mode == "1":
                 image = image.convert("L")
             return np.array(image)
+    except UnidentifiedImageError as error:
+        raise ImageReadError(f"{path.name}: not a recognised image file") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{path.name}: cannot read image ({error})") from error
+        reason = "truncated file" if "truncated" in str(error).lower() else f"corrupt ({error})"
+        raise ImageReadError(f"{path.name}: {reason}") from error
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
