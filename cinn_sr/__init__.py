@@ -2,7 +2,21 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from cinn_sr.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
+from cinn_sr.model import SRFlow
+from cinn_sr.presets import PRESETS, SRFlowConfig
+
 try:
     __version__ = version("cinn-sr")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "SRFlow",
+    "SRFlowConfig",
+    "load",
+    "load_checkpoint",
+    "save_checkpoint",
+]

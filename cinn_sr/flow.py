@@ -1,0 +1,93 @@
+"""SRFlow's invertible network f(y; u) as a FrEIA GraphINN, built from `cinn_sr.blocks`.
+
+Per level l = 1..L, in the HR -> latent direction (SPEC 1.1):
+
+    Squeeze (C, H, W) -> (4C, H/2, W/2)
+    n_transitions x TransitionStep (ActNorm -> InvConv1x1, no condition)
+    K x ConditionalFlowStep conditioned on level l's ConditionNode
+    PriorSplit on the split levels: the emitted half leaves the flow as a latent
+
+The last level's output is the last latent. Latents are ordered as the OutputNodes: the
+split latents from the HR side first, then the final one. Every latent is N(0, I) under
+the model. Conditions are passed level 1 (HR side) first.
+"""
+
+from __future__ import annotations
+
+from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode
+
+from cinn_sr.blocks import ConditionalFlowStep, PriorSplit, Squeeze, TransitionStep
+from cinn_sr.presets import SRFlowConfig
+
+
+def latent_shapes(config: SRFlowConfig, hr_h: int, hr_w: int) -> list[tuple[int, int, int]]:
+    """(C, H, W) of each latent for an HR image of hr_h x hr_w (multiples of 2^L)."""
+    if hr_h % config.hr_multiple or hr_w % config.hr_multiple:
+        raise ValueError(
+            f"HR size {hr_h}x{hr_w} is not a multiple of {config.hr_multiple} (2^L)"
+        )
+    channels, h, w = config.in_channels, hr_h, hr_w
+    shapes = []
+    for level in range(1, config.L + 1):
+        channels, h, w = channels * 4, h // 2, w // 2
+        if level in config.split_levels:
+            shapes.append((channels - channels // 2, h, w))
+            channels = channels // 2
+    shapes.append((channels, h, w))
+    return shapes
+
+
+def build_flow(config: SRFlowConfig) -> GraphINN:
+    """The GraphINN of `config`; it runs on any HR size that is a multiple of 2^L.
+
+    Nodes are named `L{level}.squeeze`, `L{level}.transition{t}`, `L{level}.step{k}`,
+    `L{level}.split` (see `named_flow_modules`): one node per layer of the reference code's
+    `flowUpsamplerNet.layers`, in the same order. The graph is built at a nominal HR size
+    of 2^L x 2^L.
+    """
+    size = config.hr_multiple
+    hr = InputNode(config.in_channels, size, size, name="hr")
+    conditions = [
+        ConditionNode(config.cond_channels, size >> level, size >> level, name=f"L{level}.condition")
+        for level in range(1, config.L + 1)
+    ]
+    nodes: list = [hr, *conditions]
+    latents = []
+    x = hr
+    for level in range(1, config.L + 1):
+        x = Node(x, Squeeze, {}, name=f"L{level}.squeeze")
+        nodes.append(x)
+        for t in range(config.n_transitions):
+            x = Node(
+                x, TransitionStep, {"parameterization": config.invconv},
+                name=f"L{level}.transition{t}",
+            )
+            nodes.append(x)
+        for k in range(config.K):
+            x = Node(
+                x,
+                ConditionalFlowStep,
+                {
+                    "hidden": config.hidden,
+                    "scale": config.scale_fn,
+                    "clamp": config.clamp,
+                    "parameterization": config.invconv,
+                },
+                conditions=conditions[level - 1],
+                name=f"L{level}.step{k}",
+            )
+            nodes.append(x)
+        if level in config.split_levels:
+            split = Node(x, PriorSplit, {}, name=f"L{level}.split")
+            latent = OutputNode((split, 1), name=f"L{level}.latent")
+            nodes += [split, latent]
+            latents.append(latent)
+            x = (split, 0)
+    latents.append(OutputNode(x, name=f"L{config.L}.latent"))
+    nodes.append(latents[-1])
+    return GraphINN(nodes, force_tuple_output=True)
+
+
+def named_flow_modules(flow: GraphINN) -> dict:
+    """{node name: module} of the flow's invertible modules, in HR -> latent order."""
+    return {node.name: node.module for node in flow.node_list if node.module is not None}

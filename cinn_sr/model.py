@@ -1,0 +1,194 @@
+"""`SRFlow`: the RRDB conditioning encoder and the conditional flow behind one API.
+
+Inputs are RGB in [0, 1], NCHW, HR = scale x LR. Any LR size works: the LR is
+reflect-padded (bottom/right) to a multiple of `config.lr_multiple` and the HR by `scale`
+times as much; outputs are cropped back. Latents, conditions and NLLs refer to the padded
+pair (no padding happens for sizes that need none, e.g. the 160 x 160 training patches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cinn_sr.encoder import RRDBEncoder
+from cinn_sr.flow import build_flow, latent_shapes, named_flow_modules
+from cinn_sr.presets import SRFlowConfig, preset
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """Pad bottom/right by reflection (replicate where the image is too small to reflect)."""
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < x.shape[-2] and pad_w < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def standard_normal_logp(latents: list[Tensor]) -> Tensor:
+    """Sum over all latents of log N(z; 0, I), per image [B]."""
+    return sum(
+        (-0.5 * (z.flatten(1) ** 2 + LOG_2PI)).sum(1) for z in latents
+    )
+
+
+class SRFlow(nn.Module):
+    """SRFlow (Lugmayr et al., ECCV 2020): p(HR | LR) as a conditional normalizing flow.
+
+    `encoder` maps the LR image to one condition per level; `flow` (a GraphINN) maps the HR
+    image to standard-normal latents given them. The ActNorm layers are initialised from
+    the first `nll`/`encode` batch (or `initialize`); `sample`/`decode` refuse a model that
+    was never initialised, loaded or trained.
+    """
+
+    def __init__(self, config: SRFlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = RRDBEncoder(config)
+        self.flow = build_flow(config)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> SRFlow:
+        """A freshly initialised model of the named preset (`PRESETS`), fields overridden."""
+        return cls(preset(name, **overrides))
+
+    # ---- shapes and padding -------------------------------------------------------------
+
+    def _lr_padding(self, lr: Tensor) -> tuple[int, int]:
+        m = self.config.lr_multiple
+        return (-lr.shape[-2]) % m, (-lr.shape[-1]) % m
+
+    def _check_pair(self, lr: Tensor, hr: Tensor) -> None:
+        s = self.config.scale
+        if lr.dim() != 4 or hr.dim() != 4:
+            raise ValueError(f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}")
+        if tuple(hr.shape[-2:]) != (lr.shape[-2] * s, lr.shape[-1] * s):
+            raise ValueError(
+                f"HR size {tuple(hr.shape[-2:])} is not {s}x the LR size {tuple(lr.shape[-2:])}"
+            )
+        if hr.shape[0] != lr.shape[0]:
+            raise ValueError(f"batch sizes differ: LR {lr.shape[0]}, HR {hr.shape[0]}")
+
+    def padded_hr_size(self, lr_h: int, lr_w: int) -> tuple[int, int]:
+        """The HR size the flow works at for an LR of lr_h x lr_w (after padding)."""
+        m = self.config.lr_multiple
+        return self.config.scale * -(-lr_h // m) * m, self.config.scale * -(-lr_w // m) * m
+
+    def latent_shapes(self, hr_h: int, hr_w: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each latent, HR side first, for an HR image of hr_h x hr_w.
+
+        Sizes that are not a multiple of 2^L are first padded as `nll`/`sample` pad them.
+        """
+        s = self.config.scale
+        return latent_shapes(self.config, *self.padded_hr_size(-(-hr_h // s), -(-hr_w // s)))
+
+    # ---- conditioning -------------------------------------------------------------------
+
+    def condition(self, lr: Tensor) -> list[Tensor]:
+        """The encoder's per-level conditions for the (padded) LR batch; reusable via cond=."""
+        pad_h, pad_w = self._lr_padding(lr)
+        return self.encoder(_pad(lr, pad_h, pad_w))
+
+    def _condition(self, lr: Tensor, cond: list[Tensor] | None) -> list[Tensor]:
+        return list(cond) if cond is not None else self.condition(lr)
+
+    # ---- density ------------------------------------------------------------------------
+
+    def _forward_flow(self, lr: Tensor, hr: Tensor, cond) -> tuple[list[Tensor], Tensor]:
+        self._check_pair(lr, hr)
+        pad_h, pad_w = self._lr_padding(lr)
+        s = self.config.scale
+        hr = _pad(hr, pad_h * s, pad_w * s)
+        latents, logdet = self.flow(hr, c=self._condition(lr, cond))
+        return list(latents), logdet
+
+    def nll(self, lr: Tensor, hr: Tensor, cond: list[Tensor] | None = None) -> Tensor:
+        """Negative log-likelihood of HR given LR in bits per dimension, per image [B].
+
+        nll = -(sum_latents log N(z; 0, I) + log|det df/dy|) / (ln 2 * C * H * W),
+        a continuous density (no dequantisation term): it can be negative.
+        """
+        latents, logdet = self._forward_flow(lr, hr, cond)
+        c, h, w = self.config.in_channels, *self.padded_hr_size(*lr.shape[-2:])
+        return -(standard_normal_logp(latents) + logdet) / (math.log(2) * c * h * w)
+
+    def encode(self, lr: Tensor, hr: Tensor, cond: list[Tensor] | None = None) -> list[Tensor]:
+        """Latents z = f(hr; g(lr)), HR side first (shapes: `latent_shapes`)."""
+        return self._forward_flow(lr, hr, cond)[0]
+
+    @torch.no_grad()
+    def initialize(self, lr: Tensor, hr: Tensor) -> None:
+        """Initialise every ActNorm from this batch (one forward pass, no gradients)."""
+        self._forward_flow(lr, hr, None)
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether every ActNorm layer has been initialised (or loaded)."""
+        return all(getattr(m, "is_initialized", True) for m in self.flow.modules())
+
+    # ---- generation ---------------------------------------------------------------------
+
+    def _require_initialized(self) -> None:
+        if not self.is_initialized:
+            raise RuntimeError(
+                "SRFlow's ActNorm layers are not initialised: load a checkpoint, train, or "
+                "call model.initialize(lr, hr) before sampling or decoding"
+            )
+
+    def decode(
+        self, lr: Tensor, latents: list[Tensor], cond: list[Tensor] | None = None
+    ) -> Tensor:
+        """HR = f^-1(latents; g(lr)), cropped to scale x the LR size.
+
+        The latent batch may be n times the LR batch: latent row i uses LR image i // n.
+        """
+        self._require_initialized()
+        out, _ = self.flow(list(latents), c=self._condition(lr, cond), rev=True, jac=False)
+        s = self.config.scale
+        return out[0][..., : lr.shape[-2] * s, : lr.shape[-1] * s]
+
+    def sample(
+        self,
+        lr: Tensor,
+        temperature: float = 0.9,
+        n: int = 1,
+        generator: torch.Generator | None = None,
+        cond: list[Tensor] | None = None,
+    ) -> Tensor:
+        """n SR samples per LR image: [B * n, C, scale * H, scale * W], rows b*n .. b*n+n-1
+        belong to image b. Latents ~ N(0, temperature^2 I) drawn with `generator`;
+        temperature 0 gives the mode path (all latents zero, splits at their prior mean).
+        The encoder runs once per call. Outputs are not clamped to [0, 1].
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self._require_initialized()
+        with torch.inference_mode():
+            cond = self._condition(lr, cond)
+            device, dtype = cond[0].device, cond[0].dtype
+            shapes = self.latent_shapes(lr.shape[-2] * self.config.scale, lr.shape[-1] * self.config.scale)
+            batch = lr.shape[0] * n
+            if temperature == 0:
+                latents = [torch.zeros(batch, *s, device=device, dtype=dtype) for s in shapes]
+            else:
+                draw_device = generator.device if generator is not None else device
+                latents = [
+                    (torch.randn(batch, *s, generator=generator, device=draw_device, dtype=dtype)
+                     * temperature).to(device)
+                    for s in shapes
+                ]
+            return self.decode(lr, latents, cond=cond)
+
+    def sr(self, lr: Tensor) -> Tensor:
+        """The encoder's own ESRGAN SR output (the RRDB pre-training path)."""
+        return self.encoder.sr(lr)
+
+    def flow_modules(self) -> dict[str, nn.Module]:
+        """{node name: module} of the flow in HR -> latent order (see `cinn_sr.flow`)."""
+        return named_flow_modules(self.flow)
