@@ -64,7 +64,8 @@ class PackSummary:
         lr = self.patch // self.scale
         text = (
             f"packed {self.patches} patches ({self.patch}x{self.patch} HR, {lr}x{lr} LR, "
-            f"x{self.scale} {self.degradation}) from {self.images} images into {self.out} "
+            f"x{self.scale} {self.degradation}) from {self.images} image"
+            f"{'' if self.images == 1 else 's'} into {self.out} "
             f"in {self.seconds:.1f} s"
         )
         if self.skipped:
