@@ -13,7 +13,7 @@ from FrEIA.modules import InvertibleModule
 from .actnorm import ActNorm
 from .affine import AffineInjector, ConditionalAffineCoupling
 from .invconv import InvConv1x1
-from .shapes import check_image_input, check_no_condition
+from .shapes import check_conditions, check_image_input, check_no_condition
 
 
 def _run_chain(parts, x_or_z, c, rev, jac):
@@ -31,7 +31,7 @@ class ConditionalFlowStep(InvertibleModule):
     def __init__(self, dims_in, dims_c=None, hidden: int = 64, scale: str = "sigmoid",
                  clamp: float = 2.0, parameterization: str = "lu"):
         super().__init__(dims_in, dims_c)
-        check_image_input(self, dims_in)
+        check_conditions(self, check_image_input(self, dims_in, min_channels=2), dims_c)
         self.actnorm = ActNorm(dims_in)
         self.invconv = InvConv1x1(dims_in, parameterization=parameterization)
         self.injector = AffineInjector(dims_in, dims_c, hidden=hidden, scale=scale, clamp=clamp)
