@@ -194,7 +194,7 @@ def _patches_of(
 def _create_datasets(handle: h5py.File, patch: int, lr_size: int, compression: str) -> None:
     options = {"compression": compression}
     if compression == "gzip":
-        options["compression_opts"] = 4
+        options["compression_opts"] = 1
     for name, side in (("hr", patch), ("lr", lr_size)):
         handle.create_dataset(
             name,

@@ -42,7 +42,10 @@ def read_patch_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _to_float_chw(patch: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
+    """uint8 HWC -> float32 CHW in [0, 1] (in numpy: no torch thread pool for small work)."""
+    chw = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32)
+    chw /= 255.0
+    return torch.from_numpy(chw)
 
 
 class PatchDataset(Dataset):
@@ -81,16 +84,13 @@ class PatchDataset(Dataset):
         if not -self._length <= index < self._length:
             raise IndexError(f"patch {index} out of range for {self._length} patches")
         handle = self._file()
-        hr = _to_float_chw(handle["hr"][index])
-        lr = _to_float_chw(handle["lr"][index])
+        hr, lr = handle["hr"][index], handle["lr"][index]
         if self.augment:
             flip, turns = torch.randint(2, ()).item(), torch.randint(4, ()).item()
             if flip:
-                hr, lr = hr.flip(-1), lr.flip(-1)
-            if turns:
-                hr, lr = hr.rot90(turns, (-2, -1)), lr.rot90(turns, (-2, -1))
-            hr, lr = hr.contiguous(), lr.contiguous()
-        return hr, lr
+                hr, lr = hr[:, ::-1], lr[:, ::-1]
+            hr, lr = np.rot90(hr, turns, axes=(0, 1)), np.rot90(lr, turns, axes=(0, 1))
+        return _to_float_chw(hr), _to_float_chw(lr)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -102,8 +102,8 @@ def _resize_tensor(
 
 
 def _round_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """MATLAB's uint8 conversion: clip to [0, 255], round half away from zero."""
-    return torch.floor(x.clamp(0, 255) + 0.5).to(torch.uint8)
+    """MATLAB's uint8 conversion: clip to [0, 255], round half away from zero (in place)."""
+    return x.clamp_(0, 255).add_(0.5).floor_().to(torch.uint8)
 
 
 def imresize(
