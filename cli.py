@@ -196,5 +196,95 @@ def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
     click.echo(line)
 
 
+def _training_options(command):
+    """Options shared by `train` and `pretrain` (None means: not given on the command line)."""
+    options = [
+        click.argument("data", required=False, type=click.Path(exists=True, dir_okay=False), metavar="[PATCHES.h5]"),
+        click.option("--preset", type=click.Choice(sorted(cinn_sr.PRESETS)), help="Model preset [default: tiny-4x without PATCHES.h5, else div2k-<its scale>x]."),
+        click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: a new runs/<date>-<preset>-<n>]."),
+        click.option("--iterations", type=click.IntRange(min=1), help="Training steps [default: 200000; tiny presets 300]."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Patches per step, over all processes."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate (Adam)."),
+        click.option("--val", type=click.Path(exists=True), help="Validation patch file or HR image folder [default: the held-out sample photo with the embedded data]."),
+        click.option("--val-every", type=click.IntRange(min=1), help="Validation metrics and a sample grid every N steps."),
+        click.option("--val-count", type=click.IntRange(min=0), help="Validation patches/images used."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), help="Checkpoint every N steps."),
+        click.option("--keep-checkpoints", type=click.IntRange(min=1), help="Step checkpoints kept in OUT/checkpoints."),
+        click.option("--seed", type=click.IntRange(min=0), help="Seed of the model init, data order and noise [default: 0]."),
+        click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N [default: auto]."),
+        click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes."),
+        click.option("--max-nonfinite", type=click.IntRange(min=1), help="Stop after N non-finite steps in a row [default: 20]."),
+        click.option("--nproc", type=click.IntRange(min=1), help="Run N processes with torchrun (DistributedDataParallel)."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML file of options (keys = option names); the command line overrides it."),
+        click.option("--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]", help="Continue a run exactly: from CKPT, or OUT/last.pt when no value is given."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
+    """Resolve the configuration, then train (or launch torchrun); one-line errors."""
+    import os
+
+    from cinn_sr.config import ConfigError, PretrainConfig, TrainConfig, read_toml, resolve
+    from cinn_sr.loop import TrainingStopped
+    from cinn_sr.runs import RunFolderError
+
+    cls = TrainConfig if kind == "train" else PretrainConfig
+    cli_values = {"data": data, **options}
+    try:
+        from cinn_sr import train as training
+
+        file = read_toml(config_file) if config_file else None
+        name = str(config_file) if config_file else "config file"
+        checkpoint, payload = None, None
+        if resume is not None:
+            out = cli_values.get("out") or (file or {}).get("out")
+            checkpoint = training.resume_path(resume, out)
+            config, payload = training.resolve_for_resume(cls, checkpoint, file, cli_values, name)
+        else:
+            config = resolve(cls, file, cli_values, file_name=name)
+        if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            result = training.launch_processes(cls, config, checkpoint)
+        elif kind == "train":
+            result = training.train(config, checkpoint, payload)
+        else:
+            from cinn_sr.pretrain import pretrain
+
+            result = pretrain(config, checkpoint, payload)
+    except (ConfigError, cinn_sr.CheckpointError, RunFolderError, TrainingStopped) as error:
+        raise click.ClickException(str(error)) from None
+    except Exception as error:
+        if type(error).__name__ == "ChildFailedError":
+            raise click.ClickException(f"a {kind} process failed (its error is shown above)") from None
+        raise
+    if int(os.environ.get("RANK", "0")) == 0:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in result.validation.items())
+        click.echo(
+            f"{kind}: {result.step} steps ({result.skipped} skipped) in {result.out}: last.pt, "
+            f"best.pt, metrics.jsonl, samples/" + (f"; last validation: {metrics}" if metrics else "")
+        )
+
+
+@main.command("train")
+@_training_options
+@click.option("--encoder", type=click.Path(exists=True, dir_okay=False), help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow file or an ESRGAN/BasicSR file.")
+@click.option("--freeze-encoder-fraction", type=click.FloatRange(0, 1), help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, as the reference code].")
+@click.option("--noise", type=click.Choice(["gaussian", "uniform", "none"]), help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].")
+@click.option("--encoder-bf16/--no-encoder-bf16", default=None, help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).")
+def train_command(data, config_file, resume, **options) -> None:
+    """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos, tiny-4x)."""
+    _run_training("train", data, config_file, resume, options)
+
+
+@main.command("pretrain")
+@_training_options
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or BasicSR file).")
+def pretrain_command(data, config_file, resume, **options) -> None:
+    """Pre-train the RRDB encoder (ESRGAN head, L1 loss) on PATCHES.h5 (default: the sample photos)."""
+    _run_training("pretrain", data, config_file, resume, options)
+
+
 if __name__ == "__main__":
     main()
