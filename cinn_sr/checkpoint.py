@@ -17,7 +17,6 @@ import importlib.util
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -70,8 +69,7 @@ def _read(path: str | os.PathLike, map_location) -> object:
             f"{path}: not a readable checkpoint (corrupt, or holds objects other than tensors "
             f"and plain containers, which torch.load(weights_only=True) refuses)"
         ) from e
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, KeyError,
-            AttributeError) as e:
+    except Exception as e:  # torch.load on a damaged file raises many kinds of error
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from e
 
 
@@ -167,8 +165,8 @@ def load(
 
         try:
             model = interop.load_official(payload)
-        except CheckpointError:
-            raise
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from e
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(
                 f"{path}: not a cinn-sr or SRFlow checkpoint ({_first_line(e)})"

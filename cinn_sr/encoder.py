@@ -50,9 +50,9 @@ class RRDBEncoder(nn.Module):
 
     `forward(lr)` returns one condition per flow level, HR side first: at a level whose
     resolution is f times the LR's, the base feature is the x f output of ESRGAN's
-    upsampling convs (nearest x2 then 3x3 conv, taken before the LeakyReLU) for f >= 2, the
-    LR trunk feature `fea + trunk_conv(fea)` for f = 1, and a bilinear x f resize of it for
-    f < 1; the stacked trunk block outputs, nearest-resized to that resolution, follow it
+    upsampling path (nearest x2, 3x3 conv, LeakyReLU 0.2) for f >= 2, the LR trunk feature
+    for f = 1, and a bilinear x f resize of it for f < 1. (The reference code reads its
+    upsampled features after the activation: its in-place LeakyReLU overwrites them.) the stacked trunk block outputs, nearest-resized to that resolution, follow it
     along channels. Only the upsampling convs the levels need are run. `sr(lr)` is the full
     ESRGAN output (through `HRconv` and `conv_last`), used for L1 pre-training only.
     """
@@ -70,23 +70,25 @@ class RRDBEncoder(nn.Module):
         self.conv_last = nn.Conv2d(nf, config.in_channels, 3, 1, 1)
 
     def _trunk(self, lr: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The LR feature `fea + trunk_conv(fea)` and the stacked trunk block outputs."""
-        fea = self.conv_first(lr)
+        """The LR feature `skip + trunk_conv(fea)` (fea: last block output; skip: fea, or the
+        conv_first output with rrdb_skip="input") and the stacked trunk block outputs."""
+        first = fea = self.conv_first(lr)
         block_outputs = {}
         for idx, block in enumerate(self.RRDB_trunk):
             fea = block(fea)
             if idx in self.config.stack_blocks:
                 block_outputs[idx] = fea
         stacked = [block_outputs[idx] for idx in self.config.stack_blocks]
-        return fea + self.trunk_conv(fea), stacked
+        skip = first if self.config.rrdb_skip == "input" else fea
+        return skip + self.trunk_conv(fea), stacked
 
     def _upsample(self, lr_feature: torch.Tensor, n: int) -> list[torch.Tensor]:
-        """Outputs of upconv1..upconvN, each before its LeakyReLU."""
+        """leaky_relu(upconv_i(nearest_x2(previous))) for i = 1..n."""
         outs, fea = [], lr_feature
         for i in range(1, n + 1):
-            out = getattr(self, f"upconv{i}")(F.interpolate(fea, scale_factor=2, mode="nearest"))
-            outs.append(out)
-            fea = F.leaky_relu(out, 0.2)
+            up = F.interpolate(fea, scale_factor=2, mode="nearest")
+            fea = F.leaky_relu(getattr(self, f"upconv{i}")(up), 0.2)
+            outs.append(fea)
         return outs
 
     def forward(self, lr: torch.Tensor) -> list[torch.Tensor]:
@@ -114,5 +116,5 @@ class RRDBEncoder(nn.Module):
     def sr(self, lr: torch.Tensor) -> torch.Tensor:
         """ESRGAN's SR output (the RRDB pre-training target path, L1 loss)."""
         lr_feature, _ = self._trunk(lr)
-        fea = F.leaky_relu(self._upsample(lr_feature, self.config.n_up)[-1], 0.2)
+        fea = self._upsample(lr_feature, self.config.n_up)[-1]
         return self.conv_last(F.leaky_relu(self.HRconv(fea), 0.2))

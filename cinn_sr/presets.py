@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 SCALE_FUNCTIONS = ("sigmoid", "softclamp")
+RRDB_SKIPS = ("trunk", "input")
 INVCONV_PARAMETERIZATIONS = ("lu", "full")
 
 
@@ -27,7 +28,9 @@ class SRFlowConfig:
     "sigmoid" (the paper's `sigmoid(s + 2) + 1e-4`) or "softclamp" (`exp(clamp * tanh(s /
     clamp))`, stable when sampling at high temperature).  invconv: "lu" (Glow's LU
     parameterisation, fast) or "full" (the reference code's full matrix).
-    n_transitions: ActNorm + 1x1-conv steps after each squeeze.
+    n_transitions: ActNorm + 1x1-conv steps after each squeeze.  rrdb_skip: the encoder's
+    global skip, "trunk" (SRFlow's RRDBNet: last block output + trunk_conv of it) or "input"
+    (ESRGAN/BasicSR: conv_first output + trunk_conv of the last block output).
     """
 
     scale: int = 4
@@ -44,6 +47,7 @@ class SRFlowConfig:
     invconv: str = "lu"
     in_channels: int = 3
     n_transitions: int = 2
+    rrdb_skip: str = "trunk"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +65,8 @@ class SRFlowConfig:
             raise ValueError(f"stack_blocks {bad} outside the {self.n_rrdb} trunk blocks")
         if self.scale_fn not in SCALE_FUNCTIONS:
             raise ValueError(f"scale_fn must be one of {SCALE_FUNCTIONS}, got {self.scale_fn!r}")
+        if self.rrdb_skip not in RRDB_SKIPS:
+            raise ValueError(f"rrdb_skip must be one of {RRDB_SKIPS}, got {self.rrdb_skip!r}")
         if self.invconv not in INVCONV_PARAMETERIZATIONS:
             raise ValueError(
                 f"invconv must be one of {INVCONV_PARAMETERIZATIONS}, got {self.invconv!r}"
@@ -70,6 +76,11 @@ class SRFlowConfig:
     def cond_channels(self) -> int:
         """Channels of every level's condition: base feature plus the stacked blocks."""
         return self.nf * (1 + len(self.stack_blocks))
+
+    @property
+    def n_up(self) -> int:
+        """Number of x2 upsampling convs of the ESRGAN head (log2 scale)."""
+        return int(math.log2(self.scale))
 
     @property
     def level_factors(self) -> list[float]:
@@ -110,11 +121,6 @@ class SRFlowConfig:
     def replace(self, **overrides) -> SRFlowConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **overrides)
-
-    @property
-    def n_up(self) -> int:
-        """Number of x2 upsampling convs of the ESRGAN head (log2 scale)."""
-        return int(math.log2(self.scale))
 
 
 PRESETS: dict[str, SRFlowConfig] = {
