@@ -76,6 +76,8 @@ class PackSummary:
 
 def collect_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
     """Image files named directly or found (sorted, not recursively) in the given folders."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
     files: list[Path] = []
     for source in sources:
         path = Path(source)
