@@ -162,8 +162,10 @@ def main() -> None:
     grey_of_samples = to_grey(samples).view(64, 8, 1, model.size, model.size)
     luma_error = (grey_of_samples - grey.unsqueeze(1)).abs().mean().item()
     colour_spread = samples.view(64, 8, 3, -1).std(dim=1).mean().item()
+    unrelated_error = (to_grey(synthetic_images(64, model.size, generator)) - grey).abs().mean()
     print(f"8 samples per grey image at temperature 0.8: mean |grey(sample) - grey| = "
-          f"{luma_error:.4f}, mean per-pixel colour std across samples = {colour_spread:.4f}")
+          f"{luma_error:.4f} (unrelated images: {unrelated_error.item():.4f}), "
+          f"mean per-pixel colour std across samples = {colour_spread:.4f}")
 
 
 if __name__ == "__main__":
