@@ -100,8 +100,9 @@ class SRFlowConfig:
 
     @property
     def lr_multiple(self) -> int:
-        """The LR height and width must be multiples of this (HR multiple, x0.5 features)."""
-        return max(1, self.hr_multiple // self.scale, 2 if min(self.level_factors) < 1 else 1)
+        """The LR height and width must be multiples of this: 2^L / scale (at least 1), which
+        also makes the below-LR-resolution conditions (x0.5, ...) exact."""
+        return max(1, self.hr_multiple // self.scale)
 
     def to_dict(self) -> dict:
         """A plain dict (lists, no tuples) that `from_dict` turns back into this config."""

@@ -232,3 +232,18 @@ def test_presets_validate_their_fields():
     with pytest.raises(KeyError, match="unknown preset"):
         preset("div2k-3x")
     assert PRESETS["div2k-4x"].cond_channels == 320
+
+
+@pytest.mark.parametrize("overrides", [{"scale": 2}, {"in_channels": 1}, {"scale": 4, "L": 4}])
+def test_other_scales_depths_and_channel_counts(overrides):
+    torch.manual_seed(0)
+    model = SRFlow.from_preset("tiny-4x", **overrides)
+    c, s = model.config.in_channels, model.config.scale
+    g = torch.Generator().manual_seed(0)
+    lr, hr = torch.rand(2, c, 5, 7, generator=g), torch.rand(2, c, 5 * s, 7 * s, generator=g)
+    model.initialize(lr, hr)
+    with torch.no_grad():
+        latents = model.encode(lr, hr)
+        assert sum(z[0].numel() for z in latents) == c * math.prod(model.padded_hr_size(5, 7))
+        torch.testing.assert_close(model.decode(lr, latents), hr, rtol=0, atol=1e-4)
+    assert model.sample(lr, 0.5, n=2).shape == (4, c, 5 * s, 7 * s)
