@@ -115,7 +115,8 @@ def _distributed_actnorm_worker(rank, world_size, init_file, result_file):
 def test_actnorm_init_is_averaged_over_distributed_ranks():
     with tempfile.TemporaryDirectory() as tmp:
         init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result.pt")
-        mp.spawn(_distributed_actnorm_worker, args=(2, init_file, result_file), nprocs=2)
+        mp.start_processes(_distributed_actnorm_worker, args=(2, init_file, result_file),
+                           nprocs=2, start_method="fork")
         per_rank = torch.load(result_file)
     torch.testing.assert_close(per_rank[0], per_rank[1])
     both = torch.cat([_rank_batch(0), _rank_batch(1)])
