@@ -15,6 +15,7 @@ that uses this subnet start as a fixed (condition-independent) map.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .actnorm import ActNormLayer
@@ -33,7 +34,11 @@ class ConvActNorm(nn.Conv2d):
         self.actnorm = ActNormLayer(out_channels)
 
     def forward(self, x: Tensor, allow_init: bool = True) -> Tensor:
-        return self.actnorm(self._conv_forward(x, self.weight, None), allow_init=allow_init)
+        return self.actnorm(self.linear_part(x), allow_init=allow_init)
+
+    def linear_part(self, x: Tensor) -> Tensor:
+        """The bias-free convolution alone (linear in x, so it splits over input channels)."""
+        return F.conv2d(x, self.weight, padding=self.padding)
 
 
 class ZeroConv2d(nn.Conv2d):
@@ -57,8 +62,7 @@ class Subnet(nn.Sequential):
     """
 
     def forward(self, x: Tensor, allow_init: bool = True) -> Tensor:
-        first = self[0]
-        return self.after_first_conv(first._conv_forward(x, first.weight, None), allow_init)
+        return self.after_first_conv(self[0].linear_part(x), allow_init)
 
     def after_first_conv(self, h: Tensor, allow_init: bool = True) -> Tensor:
         """The subnet's output given the output `h` of layer 0's (bias-free) convolution."""
