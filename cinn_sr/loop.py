@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,9 +231,11 @@ def run_loop(
             seed_everything(config.seed + 1000 * info.rank + start)
 
     batches.start_at(start)
+    # its own generator: creating the iterator must not draw from the global RNG (resume)
     loader = DataLoader(
         pairs, batch_sampler=batches, num_workers=config.workers,
         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     metrics = MetricsLog(out / "metrics.jsonl") if out is not None else None
     if metrics is not None:
@@ -282,12 +285,14 @@ def run_loop(
                 consecutive += 1
                 if consecutive == 1:
                     first_bad = _diagnose(task, hr, lr, loss_finite)
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped first step still advances the schedule
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
             step += 1
             value = mean_over_ranks(float(loss.detach()), info)
             if ok:
                 window.append(value)
-            if info.is_main:
+            if metrics is not None:
                 record = {
                     "step": step, "loss": value if ok else None, "lr": rate,
                     "time": round(time.time() - began, 3), "skipped": skipped,
@@ -295,6 +300,7 @@ def run_loop(
                 if not ok:
                     record["nonfinite"] = first_bad
                 metrics.write(record)
+            if info.is_main:
                 bar.set_postfix_str(
                     f"loss {value:.4f} {task.loss_unit}, lr {rate:.2e}, skipped {skipped}",
                     refresh=False,
@@ -309,13 +315,14 @@ def run_loop(
             checkpointing = step % config.checkpoint_every == 0 or step == end
             if validating and info.is_main:
                 last_val = task.validate(step)
-                metrics.write({"step": step, **last_val})
+                if metrics is not None:
+                    metrics.write({"step": step, **last_val})
                 bar.write(
                     f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items())
                 )
             if checkpointing:
                 rngs = _gather_rng(info)
-                if info.is_main:
+                if rotation is not None:
                     score = _score(task, last_val, window)
                     window = []
                     is_best = score <= best

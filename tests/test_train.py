@@ -1,0 +1,206 @@
+"""Flow training and RRDB pre-training on real photo patches (tiny presets, CPU).
+
+One 100-step flow run is shared: it must learn, leave a complete run folder, and a resume
+from its step-30 checkpoint must reproduce its steps 31..60 exactly.
+"""
+
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import cinn_sr
+from cinn_sr.config import PretrainConfig, TrainConfig, read_toml, resolve
+from cinn_sr.datasets.patch_dataset import PatchDataset
+from cinn_sr.default_data import default_patches
+from cinn_sr.distributed import ProcessInfo, ShardedBatches
+from cinn_sr.loop import TrainingStopped, run_loop
+from cinn_sr.model import SRFlow
+from cinn_sr.pretrain import pretrain
+from cinn_sr.runs import read_metrics
+from cinn_sr.train import build_flow_task, resolve_for_resume, train, validation_items
+from cli import main
+
+SMALL = {
+    "batch_size": 4, "val_count": 2, "val_every": 50, "checkpoint_every": 30,
+    "keep_checkpoints": 5, "device": "cpu", "workers": 0,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    default_patches(4, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def env_cache(cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CINN_SR_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def straight(env_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    config = resolve(TrainConfig, cli={**SMALL, "iterations": 100, "out": str(out)})
+    return train(config)
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
+
+
+def test_training_lowers_the_nll(straight):
+    loss = losses(straight.out)
+    assert sorted(loss) == list(range(1, 101))
+    first, last = [loss[s] for s in range(1, 11)], [loss[s] for s in range(91, 101)]
+    assert sum(last) / 10 < sum(first) / 10 - 0.3, (first, last)
+    assert straight.skipped == 0
+
+
+def test_run_folder_holds_everything(straight):
+    out = straight.out
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    kept = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    assert kept == ["step_0000030.pt", "step_0000060.pt", "step_0000090.pt", "step_0000100.pt"]
+    records = read_metrics(out / "metrics.jsonl")
+    step = next(r for r in records if r.get("step") == 1)
+    assert set(step) >= {"step", "loss", "lr", "time", "skipped"} and step["lr"] == 5e-4
+    assert next(r for r in records if r.get("step") == 60 and "loss" in r)["lr"] == 2.5e-4
+    val = [r for r in records if "val_nll_bpd" in r]
+    assert [r["step"] for r in val] == [50, 100]
+    for r in val:
+        assert math.isfinite(r["val_nll_bpd"]) and r["val_psnr_t0"] > 10
+        assert r["val_lr_psnr"] > 10 and r["val_nonfinite"] == 0
+    grid = Image.open(out / "samples" / "step_0000100.png")
+    assert grid.size == (5 * 64, 2 * 64)  # LR up | T=0 | T=0.5 | T=0.9 | HR, 2 held-out patches
+    saved = resolve(TrainConfig, read_toml(out / "config.toml"))
+    assert saved.iterations == 100 and saved.out == str(out)
+    model = cinn_sr.load(out / "last.pt")
+    trained = straight.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    assert model.sample(torch.rand(1, 3, 8, 8), temperature=0.5).shape == (1, 3, 32, 32)
+
+
+def test_resume_from_step_30_repeats_steps_31_to_60_exactly(straight, tmp_path):
+    checkpoint = straight.out / "checkpoints" / "step_0000030.pt"
+    config, payload = resolve_for_resume(
+        TrainConfig, checkpoint, None, {"out": str(tmp_path / "resumed")}, "config file"
+    )
+    assert config.iterations == 100 and config.seed == 0
+    resumed = train(config, checkpoint, payload, stop_at=60)
+    again, before = losses(resumed.out), losses(straight.out)
+    assert sorted(again) == list(range(31, 61))
+    for s in range(31, 61):
+        assert again[s] == pytest.approx(before[s], abs=1e-6), s
+
+
+def test_a_nan_batch_is_skipped_and_counted(cache, tmp_path):
+    config = resolve(TrainConfig, cli={**SMALL, "iterations": 5})
+    patches = PatchDataset(cache / "default_patches_x4.h5", augment=False)
+    order = ShardedBatches(len(patches), 4, config.seed).epoch_batches(0)
+    poisoned = {order[2][1][0]}  # one patch of the third batch
+
+    class Poisoned(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(patches)
+
+        def __getitem__(self, i):
+            hr, lr = patches[i]
+            return (hr * math.nan, lr) if i in poisoned else (hr, lr)
+
+    model = _fresh_model(config)
+    items = validation_items(None, patches, 1, 4)
+    task = build_flow_task(model, config, items, tmp_path)
+    info = ProcessInfo(0, 1, torch.device("cpu"))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "samples").mkdir()
+    summary = run_loop(task, config, info, Poisoned(), tmp_path)
+    assert summary["step"] == 5 and summary["skipped"] == 1
+    records = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r}
+    assert records[3]["loss"] is None and records[3]["nonfinite"] == "input batch"
+    assert records[2]["skipped"] == 0 and records[5]["skipped"] == 1
+    assert all(math.isfinite(records[s]["loss"]) for s in (1, 2, 4, 5))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_too_many_nonfinite_steps_stop_with_the_layer_named(cache, tmp_path):
+    config = resolve(TrainConfig, cli={**SMALL, "iterations": 10, "max_nonfinite": 3})
+    patches = PatchDataset(cache / "default_patches_x4.h5", augment=False)
+    model = _fresh_model(config)
+    task = build_flow_task(model, config, validation_items(None, patches, 1, 4), None)
+    injector = model.flow_modules()["L2.step0"].injector
+    original = task.initialize
+
+    def initialize_then_break(hr, lr):
+        original(hr, lr)
+        with torch.no_grad():
+            injector.subnet[4].bias.fill_(math.inf)
+
+    task.initialize = initialize_then_break
+    info = ProcessInfo(0, 1, torch.device("cpu"))
+    with pytest.raises(TrainingStopped) as error:
+        run_loop(task, config, info, patches, None)
+    message = str(error.value)
+    assert "stopped at step 3: 3 non-finite steps in a row" in message
+    assert "injector.subnet.4.bias" in message and "\n" not in message
+
+
+def _fresh_model(config):
+    torch.manual_seed(config.seed)
+    return SRFlow.from_preset(config.preset)
+
+
+def test_pretraining_lowers_l1_and_feeds_train(env_cache, tmp_path):
+    config = resolve(
+        PretrainConfig,
+        cli={**SMALL, "iterations": 100, "val_every": 100, "checkpoint_every": 100,
+             "out": str(tmp_path / "pre")},
+    )
+    result = pretrain(config)
+    loss = losses(result.out)
+    first, last = [loss[s] for s in range(1, 11)], [loss[s] for s in range(91, 101)]
+    assert sum(last) < 0.8 * sum(first), (first, last)
+    val = [r for r in read_metrics(result.out / "metrics.jsonl") if "val_l1" in r]
+    assert val and val[-1]["val_psnr"] > 15
+    encoder = {k: v.clone() for k, v in result.model.encoder.state_dict().items()}
+
+    flow_config = resolve(
+        TrainConfig,
+        cli={**SMALL, "iterations": 4, "encoder": str(result.out / "best.pt"),
+             "out": str(tmp_path / "flow")},
+    )
+    trained = train(flow_config, stop_at=2)  # frozen for the first 0.5 * 4 steps
+    for name, value in trained.model.encoder.state_dict().items():
+        assert torch.equal(value, encoder[name]), name
+    checkpoint = cinn_sr.load_checkpoint(trained.out / "last.pt")
+    assert checkpoint["kind"] == "train" and checkpoint["training"]["step"] == 2
+
+
+def test_cli_train_first_run_refuses_reuse_and_resumes(env_cache, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--iterations", "3", "--batch-size", "2", "--val-count", "1",
+            "--device", "cpu", "--out", str(out)]
+    runner = CliRunner()
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"train: 3 steps (0 skipped) in {out}" in result.output
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    resumed = runner.invoke(main, [*args[:2], "5", *args[3:], "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(losses(out)) == [1, 2, 3, 4, 5]
+    missing = runner.invoke(main, ["train", "--resume", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 1 and "nope.pt" in missing.output
