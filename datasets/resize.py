@@ -59,7 +59,7 @@ def resize_weights(n_in: int, n_out: int, scale: float) -> np.ndarray:
     return matrix
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _cached_weights(
     n_in: int, n_out: int, scale: float, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:

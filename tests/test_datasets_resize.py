@@ -91,9 +91,10 @@ def test_downscale_close_to_torch_antialias_far_from_plain_bicubic(astronaut_flo
 
 
 def test_up_then_down_returns_close_to_input(astronaut_float):
-    back = imresize(imresize(astronaut_float, 4), 1 / 4)
-    assert back.shape == astronaut_float.shape
-    assert psnr(back, astronaut_float) > 38
+    crop = astronaut_float[..., 128:320, 160:352]
+    back = imresize(imresize(crop, 4), 1 / 4)
+    assert back.shape == crop.shape
+    assert psnr(back, crop) > 38
 
 
 def test_uint8_and_float_paths_agree(astronaut):
