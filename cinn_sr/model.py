@@ -98,12 +98,14 @@ class SRFlow(nn.Module):
 
     # ---- density ------------------------------------------------------------------------
 
-    def _forward_flow(self, lr: Tensor, hr: Tensor, cond) -> tuple[list[Tensor], Tensor]:
+    def _forward_flow(
+        self, lr: Tensor, hr: Tensor, cond, jac: bool = True
+    ) -> tuple[list[Tensor], Tensor]:
         self._check_pair(lr, hr)
         pad_h, pad_w = self._lr_padding(lr)
         s = self.config.scale
         hr = _pad(hr, pad_h * s, pad_w * s)
-        latents, logdet = self.flow(hr, c=self._condition(lr, cond))
+        latents, logdet = self.flow(hr, c=self._condition(lr, cond), jac=jac)
         return list(latents), logdet
 
     def nll(self, lr: Tensor, hr: Tensor, cond: list[Tensor] | None = None) -> Tensor:
@@ -118,12 +120,13 @@ class SRFlow(nn.Module):
 
     def encode(self, lr: Tensor, hr: Tensor, cond: list[Tensor] | None = None) -> list[Tensor]:
         """Latents z = f(hr; g(lr)), HR side first (shapes: `latent_shapes`)."""
-        return self._forward_flow(lr, hr, cond)[0]
+        return self._forward_flow(lr, hr, cond, jac=False)[0]
 
     @torch.no_grad()
     def initialize(self, lr: Tensor, hr: Tensor) -> None:
-        """Initialise every ActNorm from this batch (one forward pass, no gradients)."""
-        self._forward_flow(lr, hr, None)
+        """Initialise the ActNorms that are not yet initialised from this batch (one forward
+        pass, no gradients); initialised ones are never changed."""
+        self._forward_flow(lr, hr, None, jac=False)
 
     @property
     def is_initialized(self) -> bool:
