@@ -52,7 +52,9 @@ def _check_scale(module, scale: str, clamp: float) -> None:
         raise ValueError(f"{type(module).__name__}: clamp must be positive, got {clamp}")
 
 
-def _concat_conditions(c) -> Tensor:
+def _concat_conditions(module, c) -> Tensor:
+    if not c:
+        raise ValueError(f"{type(module).__name__}: needs a condition, got none")
     return c[0] if len(c) == 1 else torch.cat(list(c), dim=1)
 
 
@@ -85,7 +87,7 @@ class AffineInjector(InvertibleModule):
         self.subnet = subnet(condition_channels, 2 * shape[0], hidden)
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
-        x, u = x_or_z[0], _concat_conditions(c)
+        x, u = x_or_z[0], _concat_conditions(self, c)
         n = samples_per_condition(self, x, u)
         h = self.subnet(u, allow_init=not rev)
         scale, log_scale = affine_scale(h[:, 1::2], self.scale_function, self.clamp)
@@ -128,7 +130,7 @@ class ConditionalAffineCoupling(InvertibleModule):
         return self.subnet.after_first_conv(h, allow_init=allow_init)
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
-        x, u = x_or_z[0], _concat_conditions(c)
+        x, u = x_or_z[0], _concat_conditions(self, c)
         n = samples_per_condition(self, x, u)
         x_a, x_b = x[:, : self.passive_channels], x[:, self.passive_channels:]
         h = self._subnet_output(x_a, u, n, allow_init=not rev)

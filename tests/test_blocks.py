@@ -286,6 +286,8 @@ def test_injector_runs_its_subnet_once_per_condition():
     assert seen == [2]
     with pytest.raises(ValueError, match="AffineInjector: input batch 9 is not a multiple"):
         injector((torch.randn(9, 4, 4, 4),), c=[torch.randn(2, 3, 4, 4)])
+    with pytest.raises(ValueError, match="AffineInjector: needs a condition, got none"):
+        injector((torch.randn(2, 4, 4, 4),))
 
 
 def test_several_conditions_are_concatenated():
