@@ -30,7 +30,8 @@ class SRFlowConfig:
     parameterisation, fast) or "full" (the reference code's full matrix).
     n_transitions: ActNorm + 1x1-conv steps after each squeeze.  rrdb_skip: the encoder's
     global skip, "trunk" (SRFlow's RRDBNet: last block output + trunk_conv of it) or "input"
-    (ESRGAN/BasicSR: conv_first output + trunk_conv of the last block output).
+    (ESRGAN/BasicSR: conv_first output + trunk_conv of the last block output).  name: the
+    preset the config derives from (informative only: not compared, not part of the model).
     """
 
     scale: int = 4
@@ -58,6 +59,8 @@ class SRFlowConfig:
             raise ValueError(f"L must be >= 1, got {self.L}")
         if self.K < 0 or self.n_transitions < 0:
             raise ValueError("K and n_transitions must be >= 0")
+        if min(self.nf, self.gc, self.hidden, self.in_channels) < 1 or self.clamp <= 0:
+            raise ValueError("nf, gc, hidden, in_channels and clamp must be positive")
         if self.n_rrdb < 1:
             raise ValueError(f"n_rrdb must be >= 1, got {self.n_rrdb}")
         bad = [b for b in self.stack_blocks if not 0 <= b < self.n_rrdb]
