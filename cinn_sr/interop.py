@@ -150,6 +150,7 @@ def _is_basicsr(state: dict) -> bool:
 
 
 def _describe_other(state: dict) -> str:
+    state = strip_module_prefix(state)
     if _is_esrgan(state) or _is_basicsr(state):
         return ("it holds an RRDB/ESRGAN encoder only, not an SRFlow model (use it with "
                 "`cinn-sr train --encoder FILE`)")
@@ -334,9 +335,11 @@ def _load_flow_module(module: torch.nn.Module, tensors: dict[str, Tensor], where
 def convert_official(state_dict: dict, stack_blocks=None,
                      invconv: str = "lu") -> tuple[SRFlow, ConversionReport]:
     """Build the cinn-sr SRFlow that computes what the released SRFlow state dict does."""
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CheckpointError("not a released SRFlow state dict: the file holds no state dict")
+    if not _is_srflow(strip_module_prefix(state_dict)):
+        raise CheckpointError(f"not a released SRFlow state dict: {_describe_other(state_dict)}")
     state = _tensor_dict(state_dict, "an SRFlow state dict")
-    if not _is_srflow(state):
-        raise CheckpointError(f"not a released SRFlow state dict: {_describe_other(state)}")
     dropped = sorted(k for k in state if k.startswith(UNUSED_PREFIX))
     other = sorted(k for k in state if not (k.startswith(("RRDB.", UNUSED_PREFIX))
                                              or LAYER_KEY.fullmatch(k)))
