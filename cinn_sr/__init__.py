@@ -3,6 +3,13 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from cinn_sr.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
+from cinn_sr.latent import (
+    content_transfer,
+    normalize_latents,
+    resample_region,
+    restore,
+    style_transfer,
+)
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS, SRFlowConfig
 
@@ -19,4 +26,9 @@ __all__ = [
     "load",
     "load_checkpoint",
     "save_checkpoint",
+    "normalize_latents",
+    "resample_region",
+    "style_transfer",
+    "content_transfer",
+    "restore",
 ]

@@ -13,9 +13,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from cinn_sr.datasets import imresize
+
 Mode = Literal["global", "local", "spatial"]
 
 _COLLECTION_DIMS = {"global": (1, 2, 3), "local": (1,), "spatial": (2, 3)}
+
+
+def _inside(mask: torch.Tensor) -> torch.Tensor:
+    """A mask as bool (float masks: inside where > 0.5)."""
+    return mask if mask.dtype == torch.bool else mask > 0.5
 
 
 def mask_at_level(mask: torch.Tensor, level_hw: tuple[int, int]) -> torch.Tensor:
@@ -24,7 +31,7 @@ def mask_at_level(mask: torch.Tensor, level_hw: tuple[int, int]) -> torch.Tensor
         mask = mask[None, None]
     if mask.dim() != 4 or mask.shape[1] != 1:
         raise ValueError(f"mask must be [H, W] or [B, 1, H, W], got {list(mask.shape)}")
-    inside = mask if mask.dtype == torch.bool else mask > 0.5
+    inside = _inside(mask)
     (hr_h, hr_w), (h, w) = inside.shape[-2:], level_hw
     if hr_h % h or hr_w % w:
         raise ValueError(f"mask of {hr_h}x{hr_w} HR pixels does not map onto a {h}x{w} latent level")
@@ -81,3 +88,116 @@ def normalize_latents(
         gain = torch.where(count > 1, new_std / std.clamp_min(1e-12), torch.zeros_like(std))
         normalized.append(torch.where(inside, gain * (z - mean) + new_mean, z))
     return normalized
+
+
+def _at_temperature_inside(
+    latents: list[torch.Tensor],
+    mask: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> list[torch.Tensor]:
+    """Latents with every entry inside ``mask`` replaced by a fresh N(0, tau^2) draw."""
+    redrawn = []
+    for z in latents:
+        inside = mask_at_level(mask.to(z.device), z.shape[-2:]).expand_as(z)
+        fresh = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        redrawn.append(torch.where(inside, temperature * fresh, z))
+    return redrawn
+
+
+def _mask_for_model(model, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The HR mask as bool [B|1, 1, H', W'], padded (outside) to the size the model's flow
+    works at for ``lr`` (the model pads LR and HR bottom/right to a multiple it needs)."""
+    inside = _inside(mask if mask.dim() == 4 else mask[None, None])
+    padded_h, padded_w = model.padded_hr_size(*lr.shape[-2:])
+    pad = (0, padded_w - inside.shape[-1], 0, padded_h - inside.shape[-2])
+    return F.pad(inside.float(), pad) > 0.5
+
+
+def check_sizes(scale: int, lr: torch.Tensor, *images: torch.Tensor) -> None:
+    """Raise ValueError (one line naming the sizes) unless every HR-side tensor (images, masks
+    as [H, W] or [B, C, H, W]) is ``scale`` times the LR's height and width."""
+    lr_h, lr_w = lr.shape[-2:]
+    for image in images:
+        h, w = image.shape[-2:]
+        if (h, w) != (lr_h * scale, lr_w * scale):
+            raise ValueError(
+                f"{h}x{w} does not fit the {lr_h}x{lr_w} LR at {scale}x "
+                f"(expected {lr_h * scale}x{lr_w * scale})"
+            )
+
+
+@torch.no_grad()
+def resample_region(
+    model,
+    lr: torch.Tensor,
+    latents: list[torch.Tensor],
+    mask: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """New detail inside a region: re-draw the latents inside ``mask`` (HR pixels, mapped to
+    each level by max-pooling) from N(0, tau^2), keep all others, and decode with ``lr``."""
+    check_sizes(model.config.scale, lr, mask)
+    mask = _mask_for_model(model, lr, mask)
+    return model.decode(lr, _at_temperature_inside(latents, mask, temperature, generator))
+
+
+@torch.no_grad()
+def style_transfer(
+    model, source_hr: torch.Tensor, source_lr: torch.Tensor, target_lr: torch.Tensor
+) -> torch.Tensor:
+    """Decode the source's latents ``z = f(source_hr; g(source_lr))`` with the target's LR
+    features: the result has the target's content and the source's detail ("style")."""
+    if target_lr.shape != source_lr.shape:
+        raise ValueError(
+            f"target LR {list(target_lr.shape)} must have the source LR's shape {list(source_lr.shape)}"
+        )
+    check_sizes(model.config.scale, source_lr, source_hr)
+    return model.decode(target_lr, model.encode(source_lr, source_hr))
+
+
+@torch.no_grad()
+def content_transfer(
+    model,
+    lr: torch.Tensor,
+    image: torch.Tensor,
+    pasted: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    mode: Mode = "local",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Paste ``pasted`` into ``image`` inside ``mask``, encode the composite with ``lr``,
+    normalise the latents inside the mask (``mode``, at ``temperature``) and decode: the
+    pasted content is redrawn so that it agrees with the LR."""
+    check_sizes(model.config.scale, lr, image, pasted, mask)
+    composite = torch.where(_inside(mask).to(image.device), pasted, image)
+    latents = normalize_latents(
+        model.encode(lr, composite),
+        mode,
+        temperature,
+        mask=_mask_for_model(model, lr, mask),
+        generator=generator,
+    )
+    return model.decode(lr, latents)
+
+
+@torch.no_grad()
+def restore(
+    model,
+    degraded: torch.Tensor,
+    lr: torch.Tensor | None = None,
+    temperature: float = 0.6,
+    mode: Mode = "local",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Restore a degraded HR image (noise, other methods' artefacts): encode it with its LR
+    (default: MATLAB-bicubic downscale of ``degraded`` by the model's scale), normalise all
+    latents (``mode``, at ``temperature``) and decode."""
+    scale = model.config.scale
+    if lr is None:
+        lr = imresize(degraded, 1 / scale)
+    check_sizes(scale, lr, degraded)
+    latents = normalize_latents(model.encode(lr, degraded), mode, temperature, generator=generator)
+    return model.decode(lr, latents)
