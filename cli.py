@@ -30,8 +30,12 @@ def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, com
         raise click.UsageError("--per-image and --stride exclude each other")
     if faces and (per_image is not None or stride is not None):
         raise click.UsageError("--faces packs one patch per image; drop --per-image/--stride")
+    if faces and lr_dir is not None:
+        raise click.UsageError("--faces resizes whole images and cannot use --lr-dir")
     if patch % scale:
         raise click.UsageError(f"--patch {patch} is not a multiple of --scale {scale}")
+    if lr_dir is not None and stride is not None and stride % scale:
+        raise click.UsageError(f"with --lr-dir, --stride {stride} must be a multiple of --scale {scale}")
     try:
         summary = pack_images(
             sources, out, scale=scale, patch=patch, per_image=47 if per_image is None else per_image,
