@@ -1,0 +1,99 @@
+"""The fast-path options give the same outputs as the plain model (no timing here).
+
+A very small SRFlow (1 flow step per level, 1 RRDB block) keeps torch.compile's tracing
+short; the "eager" backend checks that Dynamo captures the flow as one graph in both
+directions (fullgraph=True) without paying for C++ code generation.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cinn_sr import SRFlow
+from cinn_sr.fastpath import compile_flow, enable_fast_path, fast_encoder, is_flow_compiled
+
+
+def _pair(seed: int = 0):
+    """(initialised model, an independent copy with the same weights, lr, hr)."""
+    torch.manual_seed(seed)
+    model = SRFlow.from_preset("tiny-4x", K=1, n_rrdb=1, stack_blocks=(0,))
+    lr = torch.rand(2, 3, 8, 8)
+    hr = F.interpolate(lr, scale_factor=4, mode="bilinear") + 0.05 * torch.rand(2, 3, 32, 32)
+    model.initialize(lr, hr)
+    copy = SRFlow(model.config)
+    copy.load_state_dict(model.state_dict())
+    return model.eval(), copy.eval(), lr, hr
+
+
+def _samples(model, lr, n):
+    return model.sample(lr, 0.9, n=n, generator=torch.Generator().manual_seed(3))
+
+
+def test_compiled_flow_matches_eager_in_both_directions_and_gradients():
+    plain, fast, lr, hr = _pair()
+    assert compile_flow(fast, backend="eager", fullgraph=True)
+    assert is_flow_compiled(fast) and not is_flow_compiled(plain)
+    nll_plain, nll_fast = plain.nll(lr, hr), fast.nll(lr, hr)
+    torch.testing.assert_close(nll_fast, nll_plain, rtol=0, atol=1e-6)
+    nll_plain.sum().backward()
+    nll_fast.sum().backward()
+    grads = dict(fast.named_parameters())
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(_samples(fast, lr, 3), _samples(plain, lr, 3), rtol=0, atol=1e-6)
+    assert set(fast.state_dict()) == set(plain.state_dict())
+
+
+def test_compile_failure_warns_and_falls_back_to_eager():
+    plain, fast, lr, hr = _pair(1)
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler on this machine")
+
+    assert compile_flow(fast, backend=failing_backend)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the flow failed"):
+        out = fast.nll(lr, hr)
+    torch.testing.assert_close(out, plain.nll(lr, hr), rtol=0, atol=0)
+    assert not is_flow_compiled(fast)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(_samples(fast, lr, 2), _samples(plain, lr, 2), rtol=0, atol=0)
+
+
+def test_compile_refuses_an_uninitialised_model():
+    model = SRFlow.from_preset("tiny-4x", K=1, n_rrdb=1, stack_blocks=(0,))
+    with pytest.raises(RuntimeError, match="initialise"):
+        compile_flow(model)
+
+
+def test_channels_last_encoder_gives_the_same_conditions():
+    plain, fast, lr, _ = _pair(2)
+    fast_encoder(fast, channels_last=True, bf16=False)
+    for a, b in zip(plain.condition(lr), fast.condition(lr), strict=True):
+        assert b.dtype == torch.float32 and b.is_contiguous()
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_samples(fast, lr, 2), _samples(plain, lr, 2), rtol=1e-4,
+                               atol=1e-4)
+    assert set(fast.state_dict()) == set(plain.state_dict())
+
+
+def test_bf16_encoder_returns_float32_conditions_close_to_float32():
+    plain, fast, lr, _ = _pair(3)
+    fast_encoder(fast, channels_last=True, bf16=True)
+    with torch.no_grad():
+        pairs = list(zip(plain.condition(lr), fast.condition(lr), strict=True))
+    for a, b in pairs:
+        assert b.dtype == torch.float32 and b.is_contiguous()
+        assert float((a - b).abs().max()) <= 0.05 * float(a.abs().max()) + 1e-3
+
+
+def test_enable_fast_path_on_cpu_leaves_the_encoder_alone():
+    plain, fast, lr, _ = _pair(4)
+    enabled = enable_fast_path(fast, compile=False)
+    assert enabled == {"encoder_channels_last_bf16": False, "compiled_flow": False}
+    for a, b in zip(plain.condition(lr), fast.condition(lr), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
