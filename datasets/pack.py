@@ -166,29 +166,27 @@ def _patches_of(
     if faces:
         hr = imresize(_centre_square(hr_image), size=(patch, patch))[None]
         return hr, imresize(hr, 1 / scale)
+    lr_image = None
+    if lr_files is not None:
+        lr_path = lr_files.get(path.stem)
+        if lr_path is None:
+            raise _SkipImage("no LR image with a matching name")
+        lr_image = _read(lr_path, notes)
+        expected = (height // scale, width // scale)
+        if lr_image.shape[:2] != expected:
+            raise _SkipImage(
+                f"LR {lr_path.name} is {lr_image.shape[1]}x{lr_image.shape[0]}, "
+                f"expected {expected[1]}x{expected[0]}"
+            )
     rng = np.random.default_rng([seed, index])
-    lr_size = patch // scale
-    if lr_files is None:
-        boxes = _crop_boxes(hr_image.shape, patch, per_image, stride, 1, rng)
-        hr = np.stack([hr_image[y : y + patch, x : x + patch] for y, x in boxes])
-        return hr, imresize(hr, 1 / scale)
-    lr_path = lr_files.get(path.stem)
-    if lr_path is None:
-        raise _SkipImage("no LR image with a matching name")
-    lr_image = _read(lr_path, notes)
-    expected = (height // scale, width // scale)
-    if lr_image.shape[:2] != expected:
-        raise _SkipImage(
-            f"LR {lr_path.name} is {lr_image.shape[1]}x{lr_image.shape[0]}, "
-            f"expected {expected[1]}x{expected[0]}"
-        )
-    boxes = _crop_boxes(hr_image.shape, patch, per_image, stride, scale, rng)
+    step = 1 if lr_image is None else scale
+    boxes = _crop_boxes(hr_image.shape, patch, per_image, stride, step, rng)
     hr = np.stack([hr_image[y : y + patch, x : x + patch] for y, x in boxes])
+    if lr_image is None:
+        return hr, imresize(hr, 1 / scale)
+    side = patch // scale
     lr = np.stack(
-        [
-            lr_image[y // scale : y // scale + lr_size, x // scale : x // scale + lr_size]
-            for y, x in boxes
-        ]
+        [lr_image[y // scale : y // scale + side, x // scale : x // scale + side] for y, x in boxes]
     )
     return hr, lr
 
