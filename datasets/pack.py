@@ -69,9 +69,16 @@ class PackSummary:
             f"in {self.seconds:.1f} s"
         )
         if self.skipped:
-            names = ", ".join(f"{name} ({reason})" for name, reason in self.skipped)
-            text += f"; skipped {len(self.skipped)}: {names}"
+            text += f"; skipped {len(self.skipped)}: {_list_skipped(self.skipped, ', ')}"
         return text
+
+
+def _list_skipped(skipped: list[tuple[str, str]], separator: str, shown: int = 10) -> str:
+    """``name (reason)`` for the first ``shown`` skipped files, then how many more."""
+    text = separator.join(f"{name} ({reason})" for name, reason in skipped[:shown])
+    if len(skipped) > shown:
+        text += f"{separator}and {len(skipped) - shown} more"
+    return text
 
 
 def collect_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
@@ -301,8 +308,7 @@ def pack_images(
                 _append(handle, hr, lr, len(packed_sources))
                 packed_sources.append(path.name)
             if not packed_sources:
-                reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped)
-                raise ValueError(f"no image could be packed ({reasons})")
+                raise ValueError(f"no image could be packed: {_list_skipped(skipped, '; ')}")
             handle.attrs.update(
                 {
                     "format": PATCH_FILE_FORMAT,

@@ -101,7 +101,7 @@ def test_paired_pack_crops_the_matching_lr(tmp_path):
         write_image(lr_dir / f"{stem}x4.png", lr_images[stem])
     write_image(hr_dir / "0803.png", coordinate_image(200, 200))
     summary = pack_images(
-        [hr_dir], tmp_path / "paired.h5", patch=64, per_image=5, lr_dir=lr_dir, progress=False
+        hr_dir, tmp_path / "paired.h5", patch=64, per_image=5, lr_dir=lr_dir, progress=False
     )
     assert summary.patches == 10 and summary.degradation == "paired"
     assert summary.skipped == [("0803.png", "no LR image with a matching name")]
