@@ -166,6 +166,10 @@ def test_no_readable_image_is_an_error_and_leaves_no_file(tmp_path):
         pack_images(unreadable, out_dir / "none.h5", progress=False)
     assert "\n" not in str(error.value)
     assert list(out_dir.iterdir()) == []
+    for i in range(12):
+        (odd / f"junk{i:02d}.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"junk09.png \(not a recognised image file\); and 2 more$"):
+        pack_images(sorted(odd.glob("junk*.png")), out_dir / "none.h5", progress=False)
 
 
 def test_interrupted_pack_leaves_no_file(tmp_path, photo_paths, monkeypatch):
