@@ -290,5 +290,177 @@ def pretrain_command(data, config_file, resume, **options) -> None:
     _run_training("pretrain", data, config_file, resume, options)
 
 
+@main.group("edit")
+def edit() -> None:
+    """Edit images through the flow's latent space (SRFlow paper, section 4).
+
+    Images are RGB files; a mask is a grayscale image of the HR size (gray > 127 = inside).
+    """
+
+
+def _edit_options(command):
+    command = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")(command)
+    return click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")(command)
+
+
+def _random_options(temperature: float):
+    def decorate(command):
+        command = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the drawn latents.")(command)
+        return click.option("--temperature", default=temperature, show_default=True, type=click.FloatRange(min=0), help="Temperature tau of the drawn latents.")(command)
+    return decorate
+
+
+_mode_option = click.option(
+    "--mode", default="local", show_default=True, type=click.Choice(["local", "global", "spatial"]),
+    help="Latent collections normalised together: local (channels at a position), global (a level), spatial (a channel).",
+)
+
+
+def _run_edit(checkpoint: str, device: str, out: str, edit_images):
+    """Load the model, run `edit_images(model, device)` (it reads the files, checks their
+    sizes and returns the edited image) and write OUT; one-line errors."""
+    from cinn_sr.datasets import ImageReadError, write_image
+
+    model = _load_model(checkpoint, device)
+    target = next(model.parameters()).device
+    try:
+        result = edit_images(model, target)
+    except ImageReadError as error:
+        raise click.ClickException(str(error)) from None
+    except ValueError as error:  # sizes that do not fit the checkpoint's scale
+        raise click.UsageError(str(error)) from None
+    write_image(out, result.clamp(0, 1))
+    click.echo(f"wrote {out} ({result.shape[-2]}x{result.shape[-1]})")
+
+
+@edit.command("resample")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("lr", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("mask", type=click.Path(exists=True, dir_okay=False))
+@_edit_options
+@_random_options(0.9)
+def edit_resample(checkpoint, lr, image, mask, out, device, temperature, seed) -> None:
+    """Re-sample the detail inside MASK.
+
+    IMAGE (an SR of LR, e.g. from `cinn-sr sample`) is encoded with LR; its latents inside
+    MASK are re-drawn at the temperature, the others kept, and the result decoded.
+    """
+    from cinn_sr.edit_files import check_fit, read_mask, read_rgb
+
+    def run(model, target):
+        import torch
+
+        lr_t, image_t, mask_t = read_rgb(lr, target), read_rgb(image, target), read_mask(mask, target)
+        check_fit(model.config.scale, (f"LR {lr}", lr_t), (f"IMAGE {image}", image_t), (f"MASK {mask}", mask_t))
+        with torch.no_grad():
+            latents = model.encode(lr_t, image_t)
+        generator = torch.Generator(target).manual_seed(seed)
+        return cinn_sr.resample_region(model, lr_t, latents, mask_t, temperature, generator=generator)
+
+    _run_edit(checkpoint, device, out, run)
+
+
+@edit.command("style")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source_hr", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target_lr", type=click.Path(exists=True, dir_okay=False))
+@click.option("--source-lr", type=click.Path(exists=True, dir_okay=False), help="The source's LR (default: MATLAB-bicubic downscale of SOURCE_HR).")
+@_edit_options
+def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None:
+    """Style transfer: SOURCE_HR's latents decoded with TARGET_LR.
+
+    TARGET_LR must have the size of the source's LR.
+    """
+    from cinn_sr.datasets import imresize
+
+    from cinn_sr.edit_files import check_fit, read_rgb
+
+    def run(model, target):
+        scale = model.config.scale
+        hr_t, target_t = read_rgb(source_hr, target), read_rgb(target_lr, target)
+        if source_lr is None:
+            check_fit(scale, (f"TARGET_LR {target_lr}", target_t), (f"SOURCE_HR {source_hr}", hr_t))
+            source_t = imresize(hr_t, 1 / scale)
+        else:
+            source_t = read_rgb(source_lr, target)
+            check_fit(scale, (f"--source-lr {source_lr}", source_t), (f"SOURCE_HR {source_hr}", hr_t))
+            check_fit(scale, (f"TARGET_LR {target_lr}", target_t), (f"SOURCE_HR {source_hr}", hr_t))
+        return cinn_sr.style_transfer(model, hr_t, source_t, target_t)
+
+    _run_edit(checkpoint, device, out, run)
+
+
+@edit.command("content")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("lr", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("pasted", type=click.Path(exists=True, dir_okay=False))
+@click.argument("mask", type=click.Path(exists=True, dir_okay=False))
+@_edit_options
+@_random_options(0.8)
+@_mode_option
+def edit_content(checkpoint, lr, image, pasted, mask, out, device, temperature, seed, mode) -> None:
+    """Content transfer: paste PASTED into IMAGE inside MASK, made consistent with LR.
+
+    The composite is encoded with LR, its latents inside MASK are normalised at the
+    temperature (--mode), and decoding makes the pasted content agree with LR.
+    """
+    from cinn_sr.edit_files import check_fit, read_mask, read_rgb
+
+    def run(model, target):
+        import torch
+
+        lr_t, mask_t = read_rgb(lr, target), read_mask(mask, target)
+        image_t, pasted_t = read_rgb(image, target), read_rgb(pasted, target)
+        check_fit(
+            model.config.scale, (f"LR {lr}", lr_t), (f"IMAGE {image}", image_t),
+            (f"PASTED {pasted}", pasted_t), (f"MASK {mask}", mask_t),
+        )
+        generator = torch.Generator(target).manual_seed(seed)
+        return cinn_sr.content_transfer(
+            model, lr_t, image_t, pasted_t, mask_t, temperature, mode=mode, generator=generator
+        )
+
+    _run_edit(checkpoint, device, out, run)
+
+
+@edit.command("restore")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("degraded", type=click.Path(exists=True, dir_okay=False))
+@click.option("--lr", type=click.Path(exists=True, dir_okay=False), help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).")
+@_edit_options
+@_random_options(0.6)
+@_mode_option
+def edit_restore(checkpoint, degraded, lr, out, device, temperature, seed, mode) -> None:
+    """Restore a degraded HR image (noise, other methods' artefacts).
+
+    DEGRADED is encoded with its LR, all latents are normalised at the temperature
+    (--mode), and the result decoded.
+    """
+    from cinn_sr.edit_files import check_fit, read_rgb
+
+    def run(model, target):
+        import torch
+
+        scale = model.config.scale
+        degraded_t = read_rgb(degraded, target)
+        lr_t = None
+        if lr is not None:
+            lr_t = read_rgb(lr, target)
+            check_fit(scale, (f"--lr {lr}", lr_t), (f"DEGRADED {degraded}", degraded_t))
+        elif degraded_t.shape[-2] % scale or degraded_t.shape[-1] % scale:
+            raise ValueError(
+                f"DEGRADED {degraded} is {degraded_t.shape[-2]}x{degraded_t.shape[-1]}, not a "
+                f"multiple of the checkpoint's {scale}x: crop it or give --lr"
+            )
+        generator = torch.Generator(target).manual_seed(seed)
+        return cinn_sr.restore(
+            model, degraded_t, lr=lr_t, temperature=temperature, mode=mode, generator=generator
+        )
+
+    _run_edit(checkpoint, device, out, run)
+
+
 if __name__ == "__main__":
     main()

@@ -197,6 +197,11 @@ def restore(
     latents (``mode``, at ``temperature``) and decode."""
     scale = model.config.scale
     if lr is None:
+        if degraded.shape[-2] % scale or degraded.shape[-1] % scale:
+            raise ValueError(
+                f"{degraded.shape[-2]}x{degraded.shape[-1]} is not a multiple of the scale "
+                f"{scale}: crop it or give its LR"
+            )
         lr = imresize(degraded, 1 / scale)
     check_sizes(scale, lr, degraded)
     latents = normalize_latents(model.encode(lr, degraded), mode, temperature, generator=generator)

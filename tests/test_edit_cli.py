@@ -1,0 +1,127 @@
+"""`cinn-sr edit resample|style|content|restore` on a saved tiny checkpoint and real photos."""
+
+import numpy as np
+import pytest
+import torch
+from cinn_sr.blocks.subnet import ZeroConv2d
+from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
+from click.testing import CliRunner
+from PIL import Image
+
+from cinn_sr import SRFlow, save_checkpoint
+from cli import main
+
+
+def _as_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny-4x checkpoint (ActNorms initialised on a photo, output convs random so that
+    every block acts), 64 x 64 photo crops, their 16 x 16 LR and a grayscale mask."""
+    folder = tmp_path_factory.mktemp("edit")
+    photos = dict(sample_photos())
+    crops = {
+        "image": photos["chelsea"][60:124, 150:214],
+        "pasted": photos["coffee"][100:164, 200:264],
+    }
+    torch.manual_seed(0)
+    model = SRFlow.from_preset("tiny-4x")
+    hr = _as_tensor(crops["image"])
+    model.initialize(imresize(hr, 1 / 4), hr)
+    with torch.no_grad():
+        for module in model.flow.modules():
+            if isinstance(module, ZeroConv2d):
+                module.weight.normal_(0, 0.02)
+                module.bias.normal_(0, 0.02)
+    paths = {"ckpt": folder / "tiny.pt"}
+    save_checkpoint(paths["ckpt"], model)
+    for name, pixels in crops.items():
+        paths[name] = folder / f"{name}.png"
+        write_image(paths[name], pixels)
+        paths[f"{name}_lr"] = folder / f"{name}_lr.png"
+        write_image(paths[f"{name}_lr"], imresize(pixels, 1 / 4))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 24:48] = 255
+    paths["mask"] = folder / "mask.png"
+    Image.fromarray(mask, mode="L").save(paths["mask"])
+    paths["small_mask"] = folder / "small_mask.png"
+    Image.fromarray(mask[:32], mode="L").save(paths["small_mask"])
+    paths["odd"] = folder / "odd.png"
+    write_image(paths["odd"], crops["image"][:62])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _edit(*args: str):
+    return CliRunner().invoke(main, ["edit", *args, "--device", "cpu"])
+
+
+def test_resample_redraws_the_masked_region(files, tmp_path):
+    out = tmp_path / "resampled.png"
+    result = _edit("resample", files["ckpt"], files["image_lr"], files["image"], files["mask"],
+                   "--out", str(out), "--temperature", "0.9", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "64x64" in result.output
+    edited, original = read_image(out).astype(int), read_image(files["image"]).astype(int)
+    assert edited.shape == original.shape
+    assert np.abs(edited - original)[16:40, 24:48].mean() > 2
+    again = tmp_path / "again.png"
+    _edit("resample", files["ckpt"], files["image_lr"], files["image"], files["mask"],
+          "--out", str(again), "--temperature", "0.9", "--seed", "3")
+    assert np.array_equal(read_image(again), read_image(out))
+
+
+def test_style_onto_its_own_lr_gives_back_the_source(files, tmp_path):
+    out = tmp_path / "style.png"
+    result = _edit("style", files["ckpt"], files["image"], files["image_lr"], "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert np.abs(read_image(out).astype(int) - read_image(files["image"]).astype(int)).max() <= 1
+    other = tmp_path / "other.png"
+    result = _edit("style", files["ckpt"], files["image"], files["pasted_lr"],
+                   "--source-lr", files["image_lr"], "--out", str(other))
+    assert result.exit_code == 0, result.output
+    assert not np.array_equal(read_image(other), read_image(out))
+
+
+def test_content_and_restore_write_images_of_the_hr_size(files, tmp_path):
+    content = tmp_path / "content.png"
+    result = _edit("content", files["ckpt"], files["image_lr"], files["image"], files["pasted"],
+                   files["mask"], "--out", str(content), "--temperature", "0.8", "--mode", "local")
+    assert result.exit_code == 0, result.output
+    assert read_image(content).shape == (64, 64, 3)
+    restored = tmp_path / "restored.png"
+    result = _edit("restore", files["ckpt"], files["pasted"], "--out", str(restored),
+                   "--mode", "global", "--temperature", "0.5")
+    assert result.exit_code == 0, result.output
+    assert read_image(restored).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("resample", "{ckpt}", "{image_lr}", "{image}", "{small_mask}"),
+         "MASK {small_mask} is 32x64 but LR {image_lr} (16x16) at the checkpoint's 4x needs 64x64"),
+        (("content", "{ckpt}", "{image_lr}", "{image}", "{image_lr}", "{mask}"),
+         "PASTED {image_lr} is 16x16 but LR {image_lr} (16x16)"),
+        (("style", "{ckpt}", "{image}", "{image}"),
+         "SOURCE_HR {image} is 64x64 but TARGET_LR {image} (64x64) at the checkpoint's 4x needs 256x256"),
+        (("restore", "{ckpt}", "{odd}"), "DEGRADED {odd} is 62x64, not a multiple of the checkpoint's 4x"),
+        (("restore", "{ckpt}", "{image}", "--lr", "{image}"), "needs 256x256"),
+    ],
+)
+def test_sizes_that_do_not_fit_are_one_line_usage_errors(files, tmp_path, args, message):
+    result = _edit(*(a.format(**files) for a in args), "--out", str(tmp_path / "x.png"))
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: ") and message.format(**files) in error
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_unreadable_image_is_a_one_line_error(files, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = _edit("restore", files["ckpt"], str(broken), "--out", str(tmp_path / "x.png"))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [result.output.strip().splitlines()[-1]]
+    assert "broken.png" in result.output
