@@ -168,7 +168,9 @@ def test_no_readable_image_is_an_error_and_leaves_no_file(tmp_path):
     assert list(out_dir.iterdir()) == []
     for i in range(12):
         (odd / f"junk{i:02d}.png").write_bytes(b"junk")
-    with pytest.raises(ValueError, match=r"junk09.png \(not a recognised image file\); and 2 more$"):
+    with pytest.raises(
+        ValueError, match=r"junk09.png \(not a recognised image file\); and 2 more$"
+    ):
         pack_images(sorted(odd.glob("junk*.png")), out_dir / "none.h5", progress=False)
 
 
