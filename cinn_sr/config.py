@@ -268,12 +268,12 @@ def default_preset(cls: type[RunConfig], data: str | None) -> str:
     """tiny-4x for the embedded data; for a patch file the full preset of its scale."""
     if data is None:
         return "tiny-4x"
-    from cinn_sr.datasets import PatchDataset
+    from cinn_sr.datasets.patch_dataset import read_patch_attrs
 
     try:
-        scale = PatchDataset(data, augment=False).scale
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot read patch file {data}: {error}") from None
+        scale = read_patch_attrs(data)["scale"]
+    except ValueError as error:
+        raise ConfigError(f"patch file: {error}") from None
     return "div2k-8x" if scale == 8 else "div2k-4x"
 
 

@@ -9,6 +9,7 @@ function of seed and step, see `ShardedBatches`).
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -265,6 +266,10 @@ def run_loop(
                 for p in frozen:
                     p.requires_grad_(not frozen_now)
                 if info.distributed:
+                    # a new wrapper for the new set of trainable parameters; the old one and
+                    # its gradient hooks go first
+                    module = task.objective
+                    gc.collect()
                     module = DistributedDataParallel(
                         task.objective, device_ids=[device.index] if device.type == "cuda" else None
                     )

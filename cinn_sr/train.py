@@ -256,15 +256,19 @@ def resume_path(resume: str, out: str | None) -> Path:
 def resolve_for_resume(
     cls: type[RunConfig], checkpoint: Path, file: dict | None, cli: dict, file_name: str
 ) -> tuple[RunConfig, dict[str, Any]]:
-    """Configuration of a resumed run: the checkpoint's < the --config file < command line."""
+    """Configuration of a resumed run: the checkpoint's < the --config file < command line.
+
+    Without an `out` given, the run continues in the folder that holds the checkpoint.
+    """
     payload = load_checkpoint(checkpoint)
     if "training" not in payload or payload.get("kind") != _KIND[cls]:
         raise CheckpointError(
             f"{checkpoint}: not a `cinn-sr {_KIND[cls]}` checkpoint, cannot resume it"
         )
     base = dict(payload["run_config"])
-    if file is None and cli.get("out") is None and base.get("out") is None:
-        base["out"] = str(checkpoint.parent)
+    if cli.get("out") is None and (file or {}).get("out") is None:
+        folder = checkpoint.parent
+        base["out"] = str(folder.parent if folder.name == "checkpoints" else folder)
     return resolve(cls, file, cli, base=base, file_name=file_name), payload
 
 

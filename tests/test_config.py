@@ -106,3 +106,17 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["pretrain", "--config", str(broken)])
     assert result.exit_code == 1 and "invalid TOML" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_patch_file_picks_the_full_preset_of_its_scale(tmp_path):
+    from cinn_sr.datasets import sample_photo_paths
+    from cinn_sr.datasets.pack import pack_images
+
+    photo = dict(sample_photo_paths())["coffee"]
+    path = tmp_path / "x8.h5"
+    pack_images([photo], path, scale=8, patch=32, per_image=2, progress=False)
+    config = resolve(TrainConfig, cli={"data": str(path)})
+    assert config.preset == "div2k-8x" and config.batch_size == 16
+    assert config.iterations == 200_000
+    with pytest.raises(ConfigError, match="patch file: "):
+        resolve(TrainConfig, cli={"data": str(tmp_path / "missing.h5")})

@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from cinn_sr.datasets.patch_dataset import PatchDataset
 
+from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import TrainConfig, resolve
 from cinn_sr.default_data import default_patches
 from cinn_sr.distributed import ShardedBatches, init_process, shutdown, torchrun_args
@@ -31,6 +32,15 @@ def cache(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    """A pre-trained encoder stand-in: any cinn-sr checkpoint holds one."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
+    save_checkpoint(path, SRFlow.from_preset("tiny-4x"))
+    return path
+
+
 def first_batch(patches, rank: int):
     keys = ShardedBatches(len(patches), OPTIONS["batch_size"] // WORLD, 0, rank, WORLD)
     pairs = [patches[i] for i, _ in keys.epoch_batches(0)[0]]
@@ -41,7 +51,7 @@ def actnorm_state(model):
     return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("bias", "logs"))}
 
 
-def worker(rank: int, port: int, cache: str, out: str, results: str) -> None:
+def worker(rank: int, port: int, cache: str, out: str, results: str, encoder: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(WORLD), CINN_SR_CACHE=cache,
@@ -54,7 +64,9 @@ def worker(rank: int, port: int, cache: str, out: str, results: str) -> None:
     model = SRFlow.from_preset("tiny-4x")
     model.initialize(lr, hr)  # what training does first; statistics are averaged over ranks
     torch.save(actnorm_state(model), os.path.join(results, f"init{rank}.pt"))
-    result = train(resolve(TrainConfig, cli={**OPTIONS, "out": out}), info=info)
+    # the encoder is frozen for steps 1-2 and trained in steps 3-4 (two DDP wrappers)
+    config = resolve(TrainConfig, cli={**OPTIONS, "out": out, "encoder": encoder})
+    result = train(config, info=info)
     torch.save(result.model.state_dict(), os.path.join(results, f"final{rank}.pt"))
     shutdown(info)
 
@@ -80,10 +92,11 @@ def test_shards_are_disjoint_deterministic_and_resumable():
     assert [next(resumed) for _ in range(6)] == straight[17:]
 
 
-def test_two_gloo_processes_train_identically(cache, tmp_path):
+def test_two_gloo_processes_train_identically(cache, encoder_file, tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
     results.mkdir()
-    mp.spawn(worker, args=(free_port(), str(cache), str(out), str(results)), nprocs=WORLD)
+    args = (free_port(), str(cache), str(out), str(results), str(encoder_file))
+    mp.spawn(worker, args=args, nprocs=WORLD)
 
     init = [torch.load(results / f"init{r}.pt") for r in range(WORLD)]
     patches = PatchDataset(cache / "default_patches_x4.h5", augment=False)
@@ -99,6 +112,9 @@ def test_two_gloo_processes_train_identically(cache, tmp_path):
     final = [torch.load(results / f"final{r}.pt") for r in range(WORLD)]
     for name, value in final[0].items():
         assert torch.equal(value, final[1][name]), name
+    pretrained = torch.load(encoder_file, weights_only=True)["model"]
+    name = "encoder.conv_first.weight"
+    assert not torch.equal(final[0][name], pretrained[name])  # trained after the frozen half
     saved = torch.load(out / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(saved[k], v) for k, v in final[0].items())
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
