@@ -92,22 +92,17 @@ def test_latents_equal_reference_and_decode_inverts(name):
 
 def test_full_official_layouts_map_every_tensor():
     """The three released layouts convert to the presets, every tensor used but flowUpsamplerNet.f."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny float64 QR/LU calls crawl with an oversubscribed pool
-    try:
-        for layout, preset in FULL.items():
-            shapes = KEYS[layout]
-            state = {k: torch.eye(s[0]) if k.endswith("invconv.weight") else torch.zeros(s)
-                     for k, s in shapes.items()}
-            model, report = interop.convert_official(state)
-            official_values = sum(v.numel() for v in state.values())
-            unused_values = sum(state[k].numel() for k in UNUSED)
-            assert model.config == cinn_sr.PRESETS[preset] and model.config.name == preset
-            assert report.dropped == UNUSED and report.n_tensors == len(shapes) - 2
-            assert sum(p.numel() for p in model.parameters()) == official_values - unused_values
-            assert model.is_initialized
-    finally:
-        torch.set_num_threads(threads)
+    for layout, preset in FULL.items():
+        shapes = KEYS[layout]
+        state = {k: torch.eye(s[0]) if k.endswith("invconv.weight") else torch.zeros(s)
+                 for k, s in shapes.items()}
+        model, report = interop.convert_official(state)
+        official_values = sum(v.numel() for v in state.values())
+        unused_values = sum(state[k].numel() for k in UNUSED)
+        assert model.config == cinn_sr.PRESETS[preset] and model.config.name == preset
+        assert report.dropped == UNUSED and report.n_tensors == len(shapes) - 2
+        assert sum(p.numel() for p in model.parameters()) == official_values - unused_values
+        assert model.is_initialized
 
 
 def test_load_accepts_official_file_with_module_prefix(tmp_path):
