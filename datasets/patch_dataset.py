@@ -97,8 +97,3 @@ class PatchDataset(Dataset):
         state["_handle"] = None
         state["_handle_pid"] = None
         return state
-
-    def __del__(self) -> None:
-        handle = self.__dict__.get("_handle")
-        if handle is not None and self._handle_pid == os.getpid():
-            handle.close()
