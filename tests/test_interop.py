@@ -302,3 +302,17 @@ def test_wrong_shape_and_weights_only_payload_errors():
     with pytest.raises(CheckpointError, match="not a named tensor"):
         interop.load_official({"RRDB.x": torch.zeros(1), "flowUpsamplerNet.layers.1.actnorm.bias":
                                torch.zeros(1), "epoch": 3})
+
+
+def test_unsupported_encoder_variants_and_bad_options(tmp_path):
+    state = basicsr_state()
+    state["conv_first.weight"] = torch.zeros(64, 12, 3, 3)  # BasicSR x2: pixel-unshuffled input
+    with pytest.raises(CheckpointError, match="x1/x2") as info:
+        interop.encoder_weights({"params": state})
+    assert_one_line(info.value)
+    path = tmp_path / "SRFlow_small_4X.pth"
+    torch.save(official_state("small-4x"), path)
+    result = CliRunner().invoke(
+        cli.main, ["convert", str(path), "--out", str(tmp_path / "o.pt"), "--stack-blocks", "a,b"]
+    )
+    assert result.exit_code == 2 and "--stack-blocks" in result.output
