@@ -61,7 +61,6 @@ BASICSR_NAMES = (
     (re.compile(r"^conv_up(\d)\."), r"upconv\1."),
     (re.compile(r"^conv_hr\."), "HRconv."),
 )
-ENCODER_SOURCES = ("cinn-sr", "srflow", "srflow-rrdb", "esrgan", "basicsr")
 
 
 @dataclass(frozen=True)
@@ -329,7 +328,10 @@ def _load_flow_module(module: torch.nn.Module, tensors: dict[str, Tensor], where
             new_state[key] = torch.tensor(True)
     module.load_state_dict(new_state, strict=True)
     if has_invconv:
-        module.invconv.set_weight_matrix(tensors["invconv.weight"].float())
+        try:
+            module.invconv.set_weight_matrix(tensors["invconv.weight"].float())
+        except ValueError as e:
+            raise CheckpointError(f"{where}invconv.weight: {e}") from e
 
 
 def convert_official(state_dict: dict, stack_blocks=None,

@@ -297,6 +297,9 @@ def test_wrong_shape_and_weights_only_payload_errors():
     with pytest.raises(CheckpointError, match=r"layers\.1\.invconv\.weight has shape") as info:
         interop.convert_official(state, [0, 1, 2, 3])
     assert_one_line(info.value)
+    state["flowUpsamplerNet.layers.1.invconv.weight"] = torch.zeros(12, 12)
+    with pytest.raises(CheckpointError, match=r"layers\.1\.invconv\.weight: .*singular"):
+        interop.convert_official(state, [0, 1, 2, 3])
     with pytest.raises(CheckpointError, match="stack_blocks gives 2"):
         interop.convert_official(official_state("small-4x"), [0, 1])
     with pytest.raises(CheckpointError, match="not a named tensor"):
