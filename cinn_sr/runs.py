@@ -23,14 +23,14 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (one line)."""
 
 
-def new_run_folder(preset: str, root: str | Path = "runs") -> Path:
-    """Create and return runs/<YYYYMMDD>-<preset>-<n> with the first n not taken yet.
+def new_run_folder(label: str, root: str | Path = "runs") -> Path:
+    """Create and return runs/<YYYYMMDD>-<label>-<n> with the first n not taken yet.
 
     `mkdir` without `exist_ok` makes two runs started at once take different folders.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    stem = f"{datetime.date.today():%Y%m%d}-{preset}"
+    stem = f"{datetime.date.today():%Y%m%d}-{label}"
     n = 1
     while True:
         folder = root / f"{stem}-{n}"

@@ -275,13 +275,18 @@ def resolve_for_resume(
 _KIND = {TrainConfig: "train", PretrainConfig: "pretrain"}
 
 
+def run_label(config: RunConfig) -> str:
+    """Middle part of a new run folder's name: the preset, prefixed by "pretrain-" there."""
+    return f"pretrain-{config.preset}" if isinstance(config, PretrainConfig) else config.preset
+
+
 def setup_run(
     config: RunConfig, info: ProcessInfo, resuming: bool
 ) -> Path:
     """Rank 0 picks/creates the run folder and writes config.toml; all ranks learn it."""
     out = None
     if info.is_main:
-        out = Path(config.out) if config.out else new_run_folder(config.preset)
+        out = Path(config.out) if config.out else new_run_folder(run_label(config))
         prepare_run_folder(out, resuming)
         config.out = str(out)
         write_toml(config, out / "config.toml")
@@ -394,7 +399,7 @@ def launch_processes(
     from cinn_sr.distributed import launch
     from cinn_sr.runs import read_metrics
 
-    out = Path(config.out) if config.out else new_run_folder(config.preset)
+    out = Path(config.out) if config.out else new_run_folder(run_label(config))
     prepare_run_folder(out, resuming=resume is not None)
     config.out = str(out)
     resolved = out / "config.toml"
