@@ -219,6 +219,8 @@ def _validate(config: RunConfig, sources: Mapping[str, str]) -> None:
     for key in ("workers", "val_count", "seed"):
         if getattr(config, key) < 0:
             fail(key, "must be >= 0")
+    if config.batch_size % config.nproc:
+        fail("batch_size", f"must be divisible by nproc ({config.nproc}): it is the total")
     if config.keep_checkpoints < 1:
         fail("keep_checkpoints", "must be >= 1")
     if config.max_nonfinite < 1:

@@ -316,7 +316,11 @@ def run_task(
 ) -> RunResult:
     """Shared driver of `train` and `pretrain`: process group, data, model, folder, loop."""
     own_group = info is None
-    info = info or init_process(config.device)
+    if info is None:
+        try:
+            info = init_process(config.device)
+        except ValueError as error:
+            raise ConfigError(f"device: {error}") from None
     try:
         train_set, default_val = training_data(config, info)
         encoder_file = getattr(config, "encoder", None) or getattr(config, "init", None)
@@ -396,8 +400,17 @@ def launch_processes(
 ) -> RunResult:
     """`--nproc N`: create the run folder, write the resolved config there and run the same
     command under torchrun with N processes, each reading that config (so all agree)."""
-    from cinn_sr.distributed import launch
+    from cinn_sr.distributed import launch, resolve_device
     from cinn_sr.runs import read_metrics
+
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if device.type == "cuda" and config.nproc > torch.cuda.device_count():
+        raise ConfigError(
+            f"nproc {config.nproc} is more than the {torch.cuda.device_count()} CUDA devices"
+        )
 
     out = Path(config.out) if config.out else new_run_folder(run_label(config))
     prepare_run_folder(out, resuming=resume is not None)

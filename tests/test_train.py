@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from cinn_sr.datasets import sample_photos, write_image
 from cinn_sr.datasets.patch_dataset import PatchDataset
 from click.testing import CliRunner
 from PIL import Image
@@ -190,13 +191,16 @@ def test_pretraining_lowers_l1_and_feeds_train(env_cache, tmp_path):
 
 
 def test_cli_train_first_run_refuses_reuse_and_resumes(env_cache, tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--iterations", "3", "--batch-size", "2", "--val-count", "1",
+    out, val = tmp_path / "run", tmp_path / "val"
+    photo = dict(sample_photos())["coffee"]
+    write_image(val / "coffee_crop.png", photo[100:152, 200:268])  # 68 x 52: padded inside
+    args = ["train", "--iterations", "3", "--batch-size", "2", "--val", str(val),
             "--device", "cpu", "--out", str(out)]
     runner = CliRunner()
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert f"train: 3 steps (0 skipped) in {out}" in result.output
+    assert Image.open(out / "samples" / "step_0000003.png").size == (5 * 68, 52)
     again = runner.invoke(main, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
     resumed = runner.invoke(main, [*args[:2], "5", *args[3:], "--resume"])
