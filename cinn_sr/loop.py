@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cinn_sr.config import RunConfig, to_toml_dict
+from cinn_sr.config import ConfigError, RunConfig, to_toml_dict
 from cinn_sr.distributed import (
     ProcessInfo,
     ShardedBatches,
@@ -146,6 +146,12 @@ def first_nonfinite(named: list[tuple[str, Tensor | None]]) -> str | None:
     return None
 
 
+def gradients_finite(params: list[nn.Parameter]) -> bool:
+    """Whether every gradient is finite (one device synchronisation for all of them)."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return not norms or bool(torch.isfinite(torch.stack(norms)).all())
+
+
 def locate_nonfinite_output(model: nn.Module, objective: nn.Module, hr: Tensor, lr: Tensor) -> str:
     """The first module (in call order) whose output holds a NaN or inf for this batch."""
     found: list[str] = []
@@ -208,10 +214,13 @@ def run_loop(
         )
     device = info.device
     pairs = FlippedPairs(train_set)
-    batches = ShardedBatches(
-        len(train_set), config.batch_size // info.world_size, config.seed, info.rank,
-        info.world_size,
-    )
+    try:
+        batches = ShardedBatches(
+            len(train_set), config.batch_size // info.world_size, config.seed, info.rank,
+            info.world_size,
+        )
+    except ValueError as error:
+        raise ConfigError(f"batch_size: {error}") from None
     start = resume.step if resume else 0
     end = min(config.iterations, stop_at) if stop_at is not None else config.iterations
 
@@ -280,7 +289,7 @@ def run_loop(
             ok = loss_finite
             if ok:
                 loss.backward()
-                ok = all_true(first_nonfinite([("", p.grad) for p in trainable]) is None, info)
+                ok = all_true(gradients_finite(trainable), info)
             if ok:
                 optimizer.step()
                 consecutive = 0
