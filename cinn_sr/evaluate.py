@@ -124,7 +124,7 @@ class Scorer:
             scores["lpips"] = float(self._lpips_maps(samples, hr, spatial=False).mean())
         if "diversity" in self.metric_names:
             scores["diversity"] = metrics.diversity(self._lpips_maps(samples, hr, spatial=True))
-        return scores
+        return {name: scores[name] for name in METRICS if name in scores}
 
 
 def _progress(items: Iterable, total: int, enabled: bool, desc: str):

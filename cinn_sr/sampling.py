@@ -189,9 +189,13 @@ class SampleSummary:
     def line(self) -> str:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
         return (
-            f"wrote {len(self.written)} images to {self.out_dir} ({self.inputs} inputs x "
-            f"{len(self.temperatures)} temperatures ({temps}) x {self.samples} samples)"
+            f"wrote {len(self.written)} images to {self.out_dir} ({_count(self.inputs, 'input')} x "
+            f"{_count(len(self.temperatures), 'temperature')} ({temps}) x {_count(self.samples, 'sample')})"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def output_name(stem: str, temperature: float, index: int) -> str:

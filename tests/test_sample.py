@@ -87,7 +87,10 @@ def test_cli_sample_odd_gray_and_rgba_inputs(model, tmp_path, lr_image):
     args += ["--temperature", "0.7", "--temperature", "0", "--samples", "2", "--seed", "3"]
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
-    assert "wrote 12 images" in result.output
+    assert (
+        "wrote 12 images" in result.output
+        and "(3 inputs x 2 temperatures (0.7, 0) x 2 samples)" in result.output
+    )
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == sorted(
         f"{stem}_t{t}_s{i}.png"
