@@ -57,7 +57,8 @@ def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, com
 )
 @click.option(
     "--heads", type=click.Path(exists=True, dir_okay=False),
-    help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), with a torchvision --from.",
+    help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), with a torchvision --from "
+    "(default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth).",
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False),
@@ -277,6 +278,8 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
 @click.option("--freeze-encoder-fraction", type=click.FloatRange(0, 1), help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, as the reference code].")
 @click.option("--noise", type=click.Choice(["gaussian", "uniform", "none"]), help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].")
 @click.option("--encoder-bf16/--no-encoder-bf16", default=None, help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from step 0.")
+@click.option("--compile/--no-compile", default=None, help="Run the flow through torch.compile after the ActNorm initialisation.")
 def train_command(data, config_file, resume, **options) -> None:
     """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos, tiny-4x)."""
     _run_training("train", data, config_file, resume, options)

@@ -97,6 +97,11 @@ class TrainConfig(RunConfig):
     """Fraction of iterations with a pre-trained encoder (--encoder) frozen; 0: never."""
     encoder_bf16: bool = False
     """On CUDA, run the encoder under bfloat16 autocast (the flow stays float32)."""
+    init: str | None = None
+    """Fine-tune this whole model (a cinn-sr checkpoint or a released SRFlow file) from
+    step 0 with a fresh optimizer."""
+    compile: bool = False
+    """Run the flow through torch.compile (after the ActNorm initialisation)."""
 
 
 @dataclass
@@ -244,6 +249,8 @@ def _validate(config: RunConfig, sources: Mapping[str, str]) -> None:
             fail("lr_milestones", "must be increasing fractions in (0, 1)")
         if not 0 < config.lr_gamma <= 1:
             fail("lr_gamma", "must be in (0, 1]")
+        if config.init is not None and config.encoder is not None:
+            fail("encoder", "cannot be combined with init (the whole model, encoder included)")
     if isinstance(config, PretrainConfig):
         if config.restart_every < 1:
             fail("restart_every", "must be >= 1")

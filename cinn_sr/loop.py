@@ -66,6 +66,7 @@ class Task:
     initialize(hr, lr): one-time data-dependent init of a fresh model (ActNorm).
     make_optimizer(params) / make_scheduler(optimizer): the recipe.
     frozen / frozen_until: parameters held fixed while step < frozen_until.
+    after_init(): runs once the model is initialised or loaded (e.g. torch.compile).
     validate(step) -> metrics; runs on rank 0 only (it may write sample grids).
     best_key: validation metric that picks best.pt (lower is better); None: training loss.
     save(path, extra): writes one checkpoint file atomically.
@@ -83,6 +84,7 @@ class Task:
     best_key: str | None = None
     frozen: list[nn.Parameter] = field(default_factory=list)
     frozen_until: int = 0
+    after_init: Callable[[], object] | None = None
 
 
 @dataclass
@@ -227,6 +229,8 @@ def run_loop(
     hr0, lr0 = (t.to(device) for t in _batch(pairs, batches.epoch_batches(0)[0]))
     if resume is None:
         task.initialize(hr0, lr0)
+    if task.after_init is not None:
+        task.after_init()
     trainable = _probe_trainable(task, hr0, lr0)
     optimizer = task.make_optimizer(trainable)
     scheduler = task.make_scheduler(optimizer)

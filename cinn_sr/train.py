@@ -233,6 +233,37 @@ def read_encoder_file(path: str | Path, config: RunConfig):
     return weights.state_dict
 
 
+REPRESENTATION_FIELDS = ("invconv", "rrdb_skip", "scale_fn", "clamp")
+"""Fields a whole-model file (`train --init`) sets; the rest must match the preset."""
+
+
+def read_model_file(path: str | Path, config: TrainConfig) -> dict[str, Tensor]:
+    """Weights of a whole model to fine-tune (`train --init`): a cinn-sr checkpoint or a
+    released SRFlow file (anything `cinn_sr.load` reads). Its architecture must be the
+    preset's; how it is represented or computed (REPRESENTATION_FIELDS) is taken from the
+    file into `config.model`.
+    """
+    from cinn_sr.checkpoint import load
+
+    model = load(path)
+    loaded, target = model.config, _model_config(config)
+    differ = [
+        f"{k}={getattr(loaded, k)!r} (preset: {getattr(target, k)!r})"
+        for k in loaded.to_dict()
+        if k not in (*REPRESENTATION_FIELDS, "name") and getattr(loaded, k) != getattr(target, k)
+    ]
+    if differ:
+        raise CheckpointError(
+            f"{path}: not a {config.preset} model: {', '.join(differ[:3])}; choose its --preset"
+        )
+    config.model = {
+        **config.model,
+        **{k: getattr(loaded, k) for k in REPRESENTATION_FIELDS
+           if getattr(loaded, k) != getattr(target, k)},
+    }
+    return model.state_dict()
+
+
 def load_encoder_weights(model: SRFlow, state: dict[str, Tensor], path: str | Path) -> None:
     """Copy RRDB weights into `model.encoder`; a file of a smaller scale lacks upconvs only."""
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
@@ -323,14 +354,17 @@ def run_task(
             raise ConfigError(f"device: {error}") from None
     try:
         train_set, default_val = training_data(config, info)
-        encoder_file = getattr(config, "encoder", None) or getattr(config, "init", None)
+        whole = payload["model"] if payload is not None else None
+        if whole is None and isinstance(config, TrainConfig) and config.init is not None:
+            whole = read_model_file(config.init, config)
+        encoder_file = config.encoder if isinstance(config, TrainConfig) else config.init
         encoder_state = None
         if payload is None and encoder_file is not None:
             encoder_state = read_encoder_file(encoder_file, config)
         seed_everything(config.seed)
         model = SRFlow(_model_config(config))
-        if payload is not None:
-            load_weights(model, payload["model"], resume)
+        if whole is not None:
+            load_weights(model, whole, resume or config.init)
         elif encoder_state is not None:
             load_encoder_weights(model, encoder_state, encoder_file)
         model.to(info.device)
@@ -355,6 +389,8 @@ def run_task(
 
 def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None) -> Task:
     """The flow-training task (SPEC 1.4): objective, recipe, validation, checkpointing."""
+    from cinn_sr.fastpath import compile_flow
+
     objective = FlowObjective(
         model, config.noise, config.encoder_bf16 and next(model.parameters()).is_cuda
     )
@@ -375,6 +411,7 @@ def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None)
         save=lambda path, extra: save_checkpoint(path, model, **extra),
         loss_unit="bpd",
         best_key="val_nll_bpd",
+        after_init=(lambda: compile_flow(model)) if config.compile else None,
         frozen=list(model.encoder.parameters()) if frozen else [],
         frozen_until=round(config.freeze_encoder_fraction * config.iterations) if frozen else 0,
     )

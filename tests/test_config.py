@@ -77,6 +77,7 @@ def test_toml_round_trip_and_hyphenated_keys(tmp_path):
         ({"device": "tpu"}, "'device' must be auto, cpu, cuda or cuda:N"),
         ({"model": {"K2": 3}}, "unknown key 'model.K2'"),
         ({"batch_size": 5, "nproc": 2}, "'batch_size' must be divisible by nproc (2)"),
+        ({"init": "a.pt", "encoder": "b.pt"}, "'encoder' cannot be combined with init"),
         ({"model": {"scale_fn": "tanh"}}, "bad [model] table: scale_fn must be one of"),
     ],
 )

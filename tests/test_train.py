@@ -108,6 +108,21 @@ def test_resume_from_step_30_repeats_steps_31_to_60_exactly(straight, tmp_path):
         assert again[s] == pytest.approx(before[s], abs=1e-6), s
 
 
+def test_init_fine_tunes_a_whole_model_from_step_0(straight, tmp_path):
+    config = resolve(
+        TrainConfig,
+        cli={**SMALL, "iterations": 2, "init": str(straight.out / "last.pt"),
+             "out": str(tmp_path / "tuned")},
+    )
+    tuned = train(config)
+    before, after = losses(straight.out), losses(tuned.out)
+    assert sorted(after) == [1, 2]
+    assert after[1] < sum(before[s] for s in range(1, 11)) / 10 - 0.5  # starts trained
+    with pytest.raises(cinn_sr.CheckpointError, match="not a tiny-8x model"):
+        train(resolve(TrainConfig, cli={**SMALL, "preset": "tiny-8x", "iterations": 1,
+                                         "init": str(straight.out / "last.pt")}))
+
+
 def test_a_nan_batch_is_skipped_and_counted(cache, tmp_path):
     config = resolve(TrainConfig, cli={**SMALL, "iterations": 5})
     patches = PatchDataset(cache / "default_patches_x4.h5", augment=False)
