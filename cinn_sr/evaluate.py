@@ -1,8 +1,8 @@
 """Scoring SR images against HR: a folder of ready SR images, or a model's samples.
 
-Per image the metrics are averaged over the samples (``lpips`` and ``ssim`` likewise);
-``diversity`` is the NTIRE 2021 score over all samples of the image (``metrics.diversity``)
-and ``nll_bpd`` the model's NLL of the HR in bits per dimension. The mean row averages the
+Per image, ``psnr``, ``ssim``, ``lpips`` and ``lr_psnr`` are means over its samples;
+``diversity`` is the NTIRE 2021 score over all its samples (``metrics.diversity``) and
+``nll_bpd`` the model's NLL of the HR in bits per dimension. The mean row averages the
 images. SR images are rounded to uint8 before scoring, as when they are saved.
 """
 
@@ -93,7 +93,7 @@ class Scorer:
         needs_lpips = "lpips" in self.metric_names or "diversity" in self.metric_names
         self.lpips: LPIPS | None = load_lpips(lpips_weights, self.device) if needs_lpips else None
 
-    def _lpips_maps(self, samples: list[np.ndarray], hr: np.ndarray, spatial: bool) -> torch.Tensor:
+    def _lpips(self, samples: list[np.ndarray], hr: np.ndarray, spatial: bool) -> torch.Tensor:
         to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float().div(255)  # noqa: E731
         target = to_tensor(hr)[None].to(self.device)
         with torch.inference_mode():
@@ -121,9 +121,9 @@ class Scorer:
             if name in per_sample:
                 scores[name] = float(np.mean([per_sample[name](s) for s in samples]))
         if "lpips" in self.metric_names:
-            scores["lpips"] = float(self._lpips_maps(samples, hr, spatial=False).mean())
+            scores["lpips"] = float(self._lpips(samples, hr, spatial=False).mean())
         if "diversity" in self.metric_names:
-            scores["diversity"] = metrics.diversity(self._lpips_maps(samples, hr, spatial=True))
+            scores["diversity"] = metrics.diversity(self._lpips(samples, hr, spatial=True))
         return {name: scores[name] for name in METRICS if name in scores}
 
 
