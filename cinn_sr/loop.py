@@ -9,6 +9,7 @@ function of seed and step, see `ShardedBatches`).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import random
@@ -31,7 +32,6 @@ from cinn_sr.distributed import (
     ProcessInfo,
     ShardedBatches,
     all_true,
-    broadcast_object,
     mean_over_ranks,
 )
 from cinn_sr.runs import CheckpointRotation, MetricsLog
@@ -99,13 +99,14 @@ class ResumeState:
     best: float = math.inf
     elapsed: float = 0.0
 
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's "training" entry (shallow: no copies of the optimizer state)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     @classmethod
-    def from_checkpoint(cls, extra: dict[str, Any]) -> ResumeState:
-        t = extra["training"]
-        return cls(
-            step=t["step"], optimizer=t["optimizer"], scheduler=t["scheduler"], rng=t["rng"],
-            skipped=t["skipped"], best=t["best"], elapsed=t["elapsed"],
-        )
+    def from_checkpoint(cls, payload: dict[str, Any]) -> ResumeState:
+        """From a checkpoint dict (its "training" entry)."""
+        return cls(**payload["training"])
 
 
 def rng_state() -> dict[str, Any]:
@@ -346,16 +347,12 @@ def run_loop(
                     is_best = score <= best
                     best = min(best, score)
                     _check_finite_weights(task.model, step)
-                    extra = {
-                        "kind": task.name,
-                        "run_config": to_toml_dict(config),
-                        "training": {
-                            "step": step, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "rng": rngs,
-                            "skipped": skipped, "best": best,
-                            "elapsed": time.time() - began,
-                        },
-                    }
+                    state = ResumeState(
+                        step, optimizer.state_dict(), scheduler.state_dict(), rngs, skipped,
+                        best, time.time() - began,
+                    )
+                    extra = {"kind": task.name, "run_config": to_toml_dict(config),
+                             "training": state.to_checkpoint()}
                     rotation.write(step, is_best, lambda p, e=extra: task.save(p, e))
     finally:
         bar.close()
@@ -406,7 +403,3 @@ def _probe_trainable(task: Task, hr: Tensor, lr: Tensor) -> list[nn.Parameter]:
         p.grad = None
     return used
 
-
-def share_run_folder(out: Path | None, info: ProcessInfo) -> Path:
-    """Rank 0's run folder, known on every rank."""
-    return Path(broadcast_object(str(out) if out is not None else None, info))
