@@ -5,9 +5,10 @@ Latents are drawn for the whole (padded) HR image, ``z = temperature * eps`` wit
 LR image into tiles of ``tile`` x ``tile`` LR pixels, each widened by ``overlap`` pixels of
 context on every side that has a neighbour, and decodes each widened tile from its own LR
 condition and the matching crop of every latent level. Neighbouring tiles then share a band
-of ``2 * overlap`` LR pixels, where their HR outputs are blended with linear ramps
-(normalised to sum to one). Tile edges sit on multiples of ``config.lr_multiple`` so that every latent
-level is cropped on its own grid. Peak memory depends on the tile size, not the image size
+of ``2 * overlap`` LR pixels; across its central half their HR outputs are blended with a
+linear ramp, and its outer halves (next to a tile's edge, where its encoder lacked context)
+are dropped. Tile edges sit on multiples of ``config.lr_multiple`` so that every latent level
+is cropped on its own grid. Peak memory depends on the tile size, not the image size
 (beyond the latents and the output themselves).
 
 ``sample_files`` is what ``cinn-sr sample`` runs: image files in, PNGs out; grayscale inputs
