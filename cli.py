@@ -87,8 +87,8 @@ def _load_model(checkpoint: str, device: str):
 
 
 @main.command("sample")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False), metavar="CKPT")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images.")
 @click.option(
     "--temperature", "temperatures", type=click.FloatRange(min=0), multiple=True,
