@@ -28,8 +28,11 @@ def cache_dir() -> Path:
     return Path(base) / "cinn_sr"
 
 
-def default_patches(scale: int = 4, folder: str | Path | None = None) -> tuple[Path, Path]:
-    """(training, validation) patch files of the sample photos at `scale`, packed if missing."""
+def default_patches(
+    scale: int = 4, folder: str | Path | None = None, progress: bool = False
+) -> tuple[Path, Path]:
+    """(training, validation) patch files of the sample photos at `scale`, packed if missing
+    (with a progress bar when `progress`)."""
     folder = Path(folder) if folder is not None else cache_dir()
     photos = sample_photo_paths()
     train_sources = [path for name, path in photos if name != HELD_OUT_PHOTO]
@@ -39,11 +42,11 @@ def default_patches(scale: int = 4, folder: str | Path | None = None) -> tuple[P
     if not train.exists():
         pack_images(
             train_sources, train, scale=scale, patch=TRAIN_PATCH, per_image=TRAIN_PER_IMAGE,
-            seed=0, progress=False,
+            seed=0, progress=progress,
         )
     if not val.exists():
         pack_images(
             val_sources, val, scale=scale, patch=VAL_PATCH, per_image=VAL_PER_IMAGE, seed=1,
-            progress=False,
+            progress=progress,
         )
     return train, val

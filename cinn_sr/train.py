@@ -87,7 +87,8 @@ def training_data(config: RunConfig, info: ProcessInfo) -> tuple[PatchDataset, s
             return PatchDataset(config.data, augment=False, scale=scale), None
         except ValueError as error:
             raise ConfigError(f"patch file: {error}") from None
-    train, val = broadcast_object(default_patches(scale) if info.is_main else None, info)
+    paths = default_patches(scale, progress=True) if info.is_main else None
+    train, val = broadcast_object(paths, info)
     return PatchDataset(train, augment=False), str(val)
 
 
