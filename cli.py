@@ -212,7 +212,7 @@ def _training_options(command):
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate (Adam)."),
         click.option("--val", type=click.Path(exists=True), help="Validation patch file or HR image folder [default: the held-out sample photo with the embedded data]."),
         click.option("--val-every", type=click.IntRange(min=1), help="Validation metrics and a sample grid every N steps."),
-        click.option("--val-count", type=click.IntRange(min=0), help="Validation patches/images used."),
+        click.option("--val-count", type=click.IntRange(min=1), help="Validation patches/images used."),
         click.option("--checkpoint-every", type=click.IntRange(min=1), help="Checkpoint every N steps."),
         click.option("--keep-checkpoints", type=click.IntRange(min=1), help="Step checkpoints kept in OUT/checkpoints."),
         click.option("--seed", type=click.IntRange(min=0), help="Seed of the model init, data order and noise [default: 0]."),

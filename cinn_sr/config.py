@@ -218,10 +218,10 @@ def _validate(config: RunConfig, sources: Mapping[str, str]) -> None:
 
     if config.preset not in PRESETS:
         fail("preset", f"must be one of {', '.join(PRESETS)}")
-    for key in ("iterations", "batch_size", "checkpoint_every", "val_every", "nproc"):
+    for key in ("iterations", "batch_size", "checkpoint_every", "val_every", "val_count", "nproc"):
         if getattr(config, key) < 1:
             fail(key, "must be >= 1")
-    for key in ("workers", "val_count", "seed"):
+    for key in ("workers", "seed"):
         if getattr(config, key) < 0:
             fail(key, "must be >= 0")
     if config.batch_size % config.nproc:
