@@ -49,7 +49,7 @@ PROFILES = {
     # tiny presets: exercises every case in about a minute
     "quick": dict(
         presets=["tiny-4x", "tiny-8x"], batches=[1, 4], hr=160, preset="tiny-4x",
-        sizes=[128, 256], samples=[1, 10], tiled=[256, 512], tile=128, overlap=16,
+        sizes=[32, 64], samples=[1, 10], tiled=[128], tile=48, overlap=8,
         runs=3, warmup=1,
     ),
     # the official harness's "small" config (official_bench.py --config small):
@@ -672,16 +672,21 @@ def main() -> None:
         result["process_wall_s"] = round(time.perf_counter() - t0, 2)
         report["results"][job_name] = result
         log(f"{job_name}: {json.dumps({k: v for k, v in result.items() if 'times' not in k})}")
+        if args.out:  # the report so far, so that an interrupted run keeps its figures
+            write_atomic(args.out, json.dumps(report, indent=1))
     report["targets"] = targets(report["results"])
     report["load_average_end"] = load_average()
     report["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.out)
+        write_atomic(args.out, text)
+
+
+def write_atomic(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text + "\n")
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
