@@ -122,12 +122,14 @@ class ConditionalAffineCoupling(InvertibleModule):
         if n == 1:
             return self.subnet(torch.cat([x_a, u], dim=1), allow_init=allow_init)
         first = self.subnet[0]
-        weight_a = first.weight[:, : self.passive_channels]
-        weight_u = first.weight[:, self.passive_channels:]
-        h = F.conv2d(x_a, weight_a, padding=first.padding)
-        h_condition = F.conv2d(u, weight_u, padding=first.padding)
+        if first.actnorm.is_initialized:  # layer 0's ActNorm folded into its conv
+            (weight, bias), finish = first.folded(), self.subnet.after_first_layer
+        else:
+            weight, bias, finish = first.weight, None, self.subnet.after_first_conv
+        h = F.conv2d(x_a, weight[:, : self.passive_channels], padding=first.padding)
+        h_condition = F.conv2d(u, weight[:, self.passive_channels:], bias, padding=first.padding)
         h = (h.unflatten(0, (u.shape[0], n)) + h_condition.unsqueeze(1)).flatten(0, 1)
-        return self.subnet.after_first_conv(h, allow_init=allow_init)
+        return finish(h, allow_init=allow_init)
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x, u = x_or_z[0], _concat_conditions(self, c)

@@ -10,6 +10,11 @@ Indices and parameter names follow the reference code (`N.weight`, `N.actnorm.bi
 `N.actnorm.logs`, `4.weight`, `4.bias`, `4.logs`), so its weights map one to one. All
 convolutions pad to keep the spatial size. The zero-initialised last layer makes a block
 that uses this subnet start as a fixed (condition-independent) map.
+
+Once an ActNorm is initialised it is folded into the conv before it (conv(x, W * e) +
+b * e with e = exp(logs)), and the last layer's scale into its weights, so a subnet is
+three convolutions with biases and two ReLUs: the same function and gradients, without
+the extra passes over the [B, hidden, H, W] activations.
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ class ConvActNorm(nn.Conv2d):
         self.actnorm = ActNormLayer(out_channels)
 
     def forward(self, x: Tensor, allow_init: bool = True) -> Tensor:
+        if self.actnorm.is_initialized:
+            weight, bias = self.folded()
+            return F.conv2d(x, weight, bias, padding=self.padding)
         return self.actnorm(self.linear_part(x), allow_init=allow_init)
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """(W * e, b * e) with e = exp(logs) of the initialised ActNorm: ActNorm(conv(x, W))
+        = (conv(x, W) + b) * e = conv(x, W * e) + b * e, one convolution with a bias in
+        place of two extra passes over its output (the same function and gradients)."""
+        scale = torch.exp(self.actnorm.logs).flatten()
+        return self.weight * scale[:, None, None, None], self.actnorm.bias.flatten() * scale
 
     def linear_part(self, x: Tensor) -> Tensor:
         """The bias-free convolution alone (linear in x, so it splits over input channels)."""
@@ -51,7 +66,10 @@ class ZeroConv2d(nn.Conv2d):
         self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x) * torch.exp(self.logs * LOGSCALE_FACTOR)
+        """(conv(x, W) + bias) * s = conv(x, W * s) + bias * s with s = exp(3 * logs)."""
+        scale = torch.exp(self.logs * LOGSCALE_FACTOR).flatten()
+        return F.conv2d(x, self.weight * scale[:, None, None, None], self.bias * scale,
+                        padding=self.padding)
 
 
 class Subnet(nn.Sequential):
@@ -66,7 +84,10 @@ class Subnet(nn.Sequential):
 
     def after_first_conv(self, h: Tensor, allow_init: bool = True) -> Tensor:
         """The subnet's output given the output `h` of layer 0's (bias-free) convolution."""
-        h = self[0].actnorm(h, allow_init=allow_init)
+        return self.after_first_layer(self[0].actnorm(h, allow_init=allow_init), allow_init)
+
+    def after_first_layer(self, h: Tensor, allow_init: bool = True) -> Tensor:
+        """The subnet's output given the output `h` of layer 0 (conv and ActNorm)."""
         for layer in list(self)[1:]:
             h = layer(h, allow_init=allow_init) if isinstance(layer, ConvActNorm) else layer(h)
         return h

@@ -97,3 +97,48 @@ def test_enable_fast_path_on_cpu_leaves_the_encoder_alone():
     assert enabled == {"encoder_channels_last_bf16": False, "compiled_flow": False}
     for a, b in zip(plain.condition(lr), fast.condition(lr), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_folded_subnet_layers_equal_conv_then_actnorm_and_scale():
+    from cinn_sr.blocks.subnet import ConvActNorm, ZeroConv2d
+
+    torch.manual_seed(5)
+    x = torch.randn(3, 5, 9, 9, requires_grad=True)
+    conv = ConvActNorm(5, 8, kernel_size=3)
+    conv(x)  # initialises the ActNorm from data
+    with torch.no_grad():
+        conv.actnorm.logs.add_(0.3 * torch.randn_like(conv.actnorm.logs))
+        conv.actnorm.bias.add_(0.3 * torch.randn_like(conv.actnorm.bias))
+    folded = conv(x)
+    unfolded = conv.actnorm(conv.linear_part(x), allow_init=False)
+    torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(folded.square().sum(), [x, conv.weight, conv.actnorm.logs])
+    expected = torch.autograd.grad(unfolded.square().sum(), [x, conv.weight, conv.actnorm.logs])
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+    zero = ZeroConv2d(5, 6)
+    with torch.no_grad():
+        for p in (zero.weight, zero.bias, zero.logs):
+            p.normal_(0, 0.2)
+    plain = F.conv2d(x, zero.weight, zero.bias, padding=1) * torch.exp(3 * zero.logs)
+    torch.testing.assert_close(zero(x), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_coupling_broadcast_equals_repeated_condition():
+    from cinn_sr.blocks import ConditionalAffineCoupling
+
+    torch.manual_seed(6)
+    block = ConditionalAffineCoupling([(6, 8, 8)], [(4, 8, 8)], hidden=16)
+    x, u = torch.randn(6, 6, 8, 8), torch.randn(2, 4, 8, 8)
+    block((x,), c=[u.repeat_interleave(3, 0)])  # initialises the inner ActNorms
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if "actnorm" in name or name.startswith("subnet.4"):
+                p.add_(0.2 * torch.randn_like(p))
+    (z_broadcast,), logdet_broadcast = block((x,), c=[u])
+    (z_repeated,), logdet_repeated = block((x,), c=[u.repeat_interleave(3, 0)])
+    torch.testing.assert_close(z_broadcast, z_repeated, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logdet_broadcast, logdet_repeated, rtol=1e-5, atol=1e-5)
+    (x_back,), _ = block((z_broadcast,), c=[u], rev=True)
+    torch.testing.assert_close(x_back, x, rtol=1e-4, atol=1e-4)
