@@ -9,6 +9,17 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """A cache folder holding the embedded default patch files, packed once per session."""
+    from cinn_sr.default_data import default_patches
+
+    folder = tmp_path_factory.mktemp("cache")
+    default_patches(4, folder)
+    return folder

@@ -12,7 +12,6 @@ from cinn_sr.datasets.patch_dataset import PatchDataset
 
 from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import TrainConfig, resolve
-from cinn_sr.default_data import default_patches
 from cinn_sr.distributed import ShardedBatches, init_process, shutdown, torchrun_args
 from cinn_sr.model import SRFlow
 from cinn_sr.runs import read_metrics
@@ -23,13 +22,6 @@ OPTIONS = {
     "iterations": 4, "batch_size": 4, "val_count": 1, "val_every": 4, "checkpoint_every": 4,
     "device": "cpu", "workers": 0, "noise": "none",
 }
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cache")
-    default_patches(4, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from PIL import Image
 
 import cinn_sr
 from cinn_sr.config import PretrainConfig, TrainConfig, read_toml, resolve
-from cinn_sr.default_data import default_patches
 from cinn_sr.distributed import ProcessInfo, ShardedBatches
 from cinn_sr.loop import TrainingStopped, run_loop
 from cinn_sr.model import SRFlow
@@ -36,13 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cache")
-    default_patches(4, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
