@@ -43,6 +43,19 @@ def folders(tmp_path_factory):
     return hr_dir, sr_dir, expected
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny-4x model whose ActNorms were initialised on a real photo crop."""
+    torch.manual_seed(0)
+    model = cinn_sr.SRFlow.from_preset("tiny-4x")
+    hr = (
+        torch.from_numpy(sample_photos()[0][1][:64, :64].copy()).permute(2, 0, 1)[None].float()
+        / 255
+    )
+    model.initialize(imresize(hr, 1 / 4), hr)
+    return cinn_sr.save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", model)
+
+
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -121,16 +134,8 @@ def test_eval_sr_lpips(folders, tmp_path):
     assert all(0.05 < value < 0.8 for value in values)
 
 
-def test_eval_checkpoint_all_model_metrics(folders, tmp_path):
-    torch.manual_seed(0)
+def test_eval_checkpoint_all_model_metrics(folders, checkpoint, tmp_path):
     hr_dir, _, _ = folders
-    model = cinn_sr.SRFlow.from_preset("tiny-4x")
-    hr = (
-        torch.from_numpy(sample_photos()[0][1][:64, :64].copy()).permute(2, 0, 1)[None].float()
-        / 255
-    )
-    model.initialize(imresize(hr, 1 / 4), hr)
-    checkpoint = cinn_sr.save_checkpoint(tmp_path / "tiny.pt", model)
     args = ["eval", checkpoint, hr_dir, "--psnr", "--ssim", "--lr-psnr", "--nll", "--samples", "2"]
     result = run(*args, "--temperature", "0.5", "--device", "cpu", "--out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
@@ -143,22 +148,14 @@ def test_eval_checkpoint_all_model_metrics(folders, tmp_path):
     assert json.loads((tmp_path / "again.json").read_text())["images"] == data["images"]
 
 
-def test_eval_checkpoint_diversity(folders, tmp_path):
+def test_eval_checkpoint_diversity(folders, checkpoint, tmp_path):
     try:
         load_lpips()
     except LPIPSWeightsError as error:
         if os.environ.get("CI"):
             pytest.fail(str(error))
         pytest.skip(str(error))
-    torch.manual_seed(0)
     hr_dir, _, _ = folders
-    model = cinn_sr.SRFlow.from_preset("tiny-4x")
-    hr = (
-        torch.from_numpy(sample_photos()[0][1][:64, :64].copy()).permute(2, 0, 1)[None].float()
-        / 255
-    )
-    model.initialize(imresize(hr, 1 / 4), hr)
-    checkpoint = cinn_sr.save_checkpoint(tmp_path / "tiny.pt", model)
     args = [
         "eval",
         checkpoint,
