@@ -318,10 +318,11 @@ def _random_options(temperature: float):
     return decorate
 
 
-_mode_option = click.option(
-    "--mode", default="local", show_default=True, type=click.Choice(["local", "global", "spatial"]),
-    help="Latent collections normalised together: local (channels at a position), global (a level), spatial (a channel).",
-)
+def _mode_option(default: str):
+    return click.option(
+        "--mode", default=default, show_default=True, type=click.Choice(["local", "global", "spatial"]),
+        help="Latent collections normalised together: local (channels at a position), global (a level), spatial (a channel).",
+    )
 
 
 def _run_edit(checkpoint: str, device: str, out: str, edit_images):
@@ -407,7 +408,7 @@ def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None
 @click.argument("mask", type=click.Path(exists=True, dir_okay=False))
 @_edit_options
 @_random_options(0.8)
-@_mode_option
+@_mode_option("local")
 def edit_content(checkpoint, lr, image, pasted, mask, out, device, temperature, seed, mode) -> None:
     """Content transfer: paste PASTED into IMAGE inside MASK, made consistent with LR.
 
@@ -438,8 +439,8 @@ def edit_content(checkpoint, lr, image, pasted, mask, out, device, temperature, 
 @click.argument("degraded", type=click.Path(exists=True, dir_okay=False))
 @click.option("--lr", type=click.Path(exists=True, dir_okay=False), help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).")
 @_edit_options
-@_random_options(0.5)
-@_mode_option
+@_random_options(0.3)
+@_mode_option("global")
 def edit_restore(checkpoint, degraded, lr, out, device, temperature, seed, mode) -> None:
     """Restore a degraded HR image (noise, other methods' artefacts).
 

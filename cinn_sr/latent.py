@@ -188,8 +188,8 @@ def restore(
     model,
     degraded: torch.Tensor,
     lr: torch.Tensor | None = None,
-    temperature: float = 0.6,
-    mode: Mode = "local",
+    temperature: float = 0.3,
+    mode: Mode = "global",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Restore a degraded HR image (noise, other methods' artefacts): encode it with its LR
