@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cinn_sr.datasets import imresize
+from cinn_sr.model import SRFlow
 
 Mode = Literal["global", "local", "spatial"]
 
@@ -105,7 +106,7 @@ def _at_temperature_inside(
     return redrawn
 
 
-def _mask_for_model(model, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _mask_for_model(model: SRFlow, lr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The HR mask as bool [B|1, 1, H', W'], padded (outside) to the size the model's flow
     works at for ``lr`` (the model pads LR and HR bottom/right to a multiple it needs)."""
     inside = _inside(mask if mask.dim() == 4 else mask[None, None])
@@ -129,7 +130,7 @@ def check_sizes(scale: int, lr: torch.Tensor, *images: torch.Tensor) -> None:
 
 @torch.no_grad()
 def resample_region(
-    model,
+    model: SRFlow,
     lr: torch.Tensor,
     latents: list[torch.Tensor],
     mask: torch.Tensor,
@@ -145,7 +146,7 @@ def resample_region(
 
 @torch.no_grad()
 def style_transfer(
-    model, source_hr: torch.Tensor, source_lr: torch.Tensor, target_lr: torch.Tensor
+    model: SRFlow, source_hr: torch.Tensor, source_lr: torch.Tensor, target_lr: torch.Tensor
 ) -> torch.Tensor:
     """Decode the source's latents ``z = f(source_hr; g(source_lr))`` with the target's LR
     features: the result has the target's content and the source's detail ("style")."""
@@ -159,7 +160,7 @@ def style_transfer(
 
 @torch.no_grad()
 def content_transfer(
-    model,
+    model: SRFlow,
     lr: torch.Tensor,
     image: torch.Tensor,
     pasted: torch.Tensor,
@@ -185,7 +186,7 @@ def content_transfer(
 
 @torch.no_grad()
 def restore(
-    model,
+    model: SRFlow,
     degraded: torch.Tensor,
     lr: torch.Tensor | None = None,
     temperature: float = 0.3,
