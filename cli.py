@@ -103,7 +103,6 @@ def _load_model(checkpoint: str, device: str):
 def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap, compile_flow) -> None:
     """Super-resolve LR images (files or folders) into OUT as {stem}_t{temperature}_s{index}.png."""
     from cinn_sr.datasets import ImageReadError
-
     from cinn_sr.sampling import sample_files
 
     model = _load_model(checkpoint, device)
@@ -146,7 +145,6 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
     Without metric flags: --psnr --ssim --lr-psnr.
     """
     from cinn_sr.datasets import ImageReadError
-
     from cinn_sr.evaluate import evaluate_model, evaluate_sr_folder, format_table, write_results
     from cinn_sr.lpips import LPIPSWeightsError
 
@@ -382,7 +380,6 @@ def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None
     TARGET_LR must have the size of the source's LR.
     """
     from cinn_sr.datasets import imresize
-
     from cinn_sr.edit_files import check_fit, read_rgb
 
     def run(model, target):

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from cinn_sr.datasets import PatchDataset, imresize, sample_photo_paths
 from torch.utils.data import DataLoader
+
+from cinn_sr.datasets import PatchDataset, imresize, sample_photo_paths
 
 CHILD = """
 import json, resource, sys, time

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
+
 from cinn_sr.datasets import sample_photo_paths
 from cinn_sr.datasets.pack import pack_images
 from cinn_sr.datasets.patch_dataset import PatchDataset
-from torch.utils.data import DataLoader
-
 from cinn_sr.distributed import ShardedBatches, resolve_device
 from cinn_sr.loop import FlippedPairs
 from cinn_sr.model import SRFlow

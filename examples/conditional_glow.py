@@ -22,9 +22,10 @@ import argparse
 import math
 
 import torch
-from cinn_sr.blocks import ConditionalFlowStep, PriorSplit, Squeeze, TransitionStep, squeeze2d
 from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode
 from torch import Tensor, nn
+
+from cinn_sr.blocks import ConditionalFlowStep, PriorSplit, Squeeze, TransitionStep, squeeze2d
 
 PALETTE = torch.tensor([
     [0.9, 0.1, 0.1], [0.1, 0.7, 0.1], [0.1, 0.2, 0.9], [0.9, 0.8, 0.1],

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode, SequenceINN
+
 from cinn_sr.blocks import (
     ActNorm,
     AffineInjector,
@@ -21,7 +23,6 @@ from cinn_sr.blocks import (
     Squeeze,
     TransitionStep,
 )
-from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode, SequenceINN
 
 COND = (3, 4, 4)
 

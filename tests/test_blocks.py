@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode
+
 from cinn_sr.blocks import (
     ActNorm,
     AffineInjector,
@@ -23,7 +25,6 @@ from cinn_sr.blocks import (
     affine_scale,
     subnet,
 )
-from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode
 
 
 def actnorm_layers(module):

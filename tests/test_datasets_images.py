@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from datasets_helpers import make_odd_images
+
 from cinn_sr.datasets import (
     SAMPLE_PHOTO_FILES,
     ImageReadError,
@@ -13,7 +15,6 @@ from cinn_sr.datasets import (
     sample_photos,
     write_image,
 )
-from datasets_helpers import make_odd_images
 
 
 @pytest.fixture(scope="module")

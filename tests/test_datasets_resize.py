@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cinn_sr.datasets import imresize, resize_weights
-from cinn_sr.datasets.resize import cubic
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from cinn_sr.datasets import imresize, resize_weights
+from cinn_sr.datasets.resize import cubic
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

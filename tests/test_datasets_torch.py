@@ -4,6 +4,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from cinn_sr.datasets import (
     ImageFolderPairs,
     PatchDataset,
@@ -14,7 +16,6 @@ from cinn_sr.datasets import (
     sample_photo_paths,
     write_image,
 )
-from torch.utils.data import DataLoader
 
 
 def to_uint8(tensor: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from cinn_sr.blocks.subnet import ZeroConv2d
-from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
 from click.testing import CliRunner
 from PIL import Image
 
 from cinn_sr import SRFlow, save_checkpoint
+from cinn_sr.blocks.subnet import ZeroConv2d
+from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
 from cli import main
 
 

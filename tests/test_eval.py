@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
 from click.testing import CliRunner
 
 import cinn_sr
+from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
 from cinn_sr.lpips import LPIPSWeightsError, load_lpips
 from cinn_sr.metrics import lr_psnr, psnr, ssim
 from cli import main

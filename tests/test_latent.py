@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from cinn_sr.blocks.subnet import ZeroConv2d
-from cinn_sr.datasets import imresize, sample_photos
 
 from cinn_sr import SRFlow
+from cinn_sr.blocks.subnet import ZeroConv2d
+from cinn_sr.datasets import imresize, sample_photos
 from cinn_sr.latent import (
     content_transfer,
     mask_at_level,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from cinn_sr.datasets import imresize
 
+from cinn_sr.datasets import imresize
 from cinn_sr.metrics import diversity, lr_psnr, psnr, rgb_to_y, ssim, to_uint8
 
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from cinn_sr.blocks import ZeroConv2d
 
 from cinn_sr import PRESETS, SRFlow
+from cinn_sr.blocks import ZeroConv2d
 from cinn_sr.flow import latent_shapes
 from cinn_sr.presets import preset
 

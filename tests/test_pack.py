@@ -1,9 +1,12 @@
 """pack_images and `cinn-sr pack` on the real scikit-image photos and on odd input files."""
 
-import cinn_sr.datasets.pack as pack_module
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from datasets_helpers import make_odd_images
+
+import cinn_sr.datasets.pack as pack_module
 from cinn_sr.datasets import (
     PATCH_FILE_FORMAT,
     imresize,
@@ -11,9 +14,6 @@ from cinn_sr.datasets import (
     sample_photo_paths,
     write_image,
 )
-from click.testing import CliRunner
-from datasets_helpers import make_odd_images
-
 from cli import main
 
 

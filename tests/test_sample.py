@@ -4,11 +4,11 @@ handles odd sizes, grayscale and RGBA inputs."""
 import numpy as np
 import pytest
 import torch
-from cinn_sr.datasets import imresize, sample_photos
 from click.testing import CliRunner
 from PIL import Image
 
 import cinn_sr
+from cinn_sr.datasets import imresize, sample_photos
 from cinn_sr.metrics import psnr
 from cinn_sr.sampling import decode_tiled, draw_noise, super_resolve, tile_windows
 from cli import main

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from cinn_sr.datasets import sample_photos, write_image
-from cinn_sr.datasets.patch_dataset import PatchDataset
 from click.testing import CliRunner
 from PIL import Image
 
 import cinn_sr
 from cinn_sr.config import PretrainConfig, TrainConfig, read_toml, resolve
+from cinn_sr.datasets import sample_photos, write_image
+from cinn_sr.datasets.patch_dataset import PatchDataset
 from cinn_sr.distributed import ProcessInfo, ShardedBatches
 from cinn_sr.loop import TrainingStopped, run_loop
 from cinn_sr.model import SRFlow
