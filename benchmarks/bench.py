@@ -3,7 +3,7 @@
 
     python benchmarks/bench.py --quick            # tiny presets, about a minute
     python benchmarks/bench.py                    # "small": the official harness's small config
-    python benchmarks/bench.py --full             # div2k-4x figures (minutes; see README)
+    python benchmarks/bench.py --full             # div2k-4x figures (~15 min on one idle core)
     python benchmarks/bench.py --cases sample,naive --sizes 128 --out bench.json
 
 Cases (`--cases`, comma list; default all but `compile`):
@@ -26,7 +26,9 @@ Cases (`--cases`, comma list; default all but `compile`):
 
 Every case runs in its own child process, so its peak memory (peak RSS, from
 resource.getrusage; on CUDA also torch.cuda.max_memory_allocated) is its own; the parent
-never imports torch. Times are medians of `--runs` runs after `--warmup` untimed ones.
+never imports torch. Times are medians of `--runs` runs after `--warmup` untimed ones
+(the tiled case: one run without warm-up in the default and --full profiles, unless
+--runs is given). The comparison cases use the smallest of `--sizes`.
 Comparison cases (invconv, naive, hrbranch, inference, fusion, layout, compile) run their
 variants interleaved in one process, so a ratio is not skewed by load that changes over
 time; their peak memory is that of the whole case. `targets` gives the ratios the
@@ -50,20 +52,20 @@ PROFILES = {
     "quick": dict(
         presets=["tiny-4x", "tiny-8x"], batches=[1, 4], hr=160, preset="tiny-4x",
         sizes=[32, 64], samples=[1, 10], tiled=[128], tile=48, overlap=8,
-        runs=3, warmup=1,
+        runs=3, warmup=1, tiled_runs=3,
     ),
     # the official harness's "small" config (official_bench.py --config small):
     # 4x, L = 3, K = 4, 8 RRDB blocks, stacked blocks 1, 3, 5, 7, hidden 64
     "small": dict(
         presets=["small"], batches=[1, 2], hr=160, preset="small",
         sizes=[64, 128], samples=[1, 10], tiled=[256], tile=96, overlap=16,
-        runs=3, warmup=1,
+        runs=3, warmup=1, tiled_runs=1,
     ),
     # the paper's 4x model
     "full": dict(
         presets=["div2k-4x"], batches=[1, 2], hr=160, preset="div2k-4x",
         sizes=[64, 128], samples=[1, 10], tiled=[256], tile=96, overlap=16,
-        runs=3, warmup=1,
+        runs=3, warmup=1, tiled_runs=1,
     ),
 }
 
@@ -536,7 +538,7 @@ def plan(args, profile: dict) -> list[dict]:
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
     common = dict(threads=args.threads, device=args.device, runs=runs, warmup=warmup)
-    hr, size, n_max = profile["hr"], sizes[-1], max(samples)
+    hr, size, n_max = profile["hr"], sizes[0], max(samples)
     jobs: list[tuple[str, dict]] = []
     for case in cases:
         if case == "train":
@@ -546,8 +548,10 @@ def plan(args, profile: dict) -> list[dict]:
             jobs += [(f"sample:{preset}:lr{s}:n{n}", dict(case=case, preset=preset, size=s, n=n))
                      for s in sizes for n in samples]
         elif case == "tiled":
+            tiled_runs = dict(runs=args.runs or profile["tiled_runs"],
+                              warmup=0 if args.warmup is None else args.warmup)
             jobs += [(f"tiled:{preset}:lr{s}", dict(case=case, preset=preset, size=s, tile=tile,
-                                                    overlap=profile["overlap"]))
+                                                    overlap=profile["overlap"], **tiled_runs))
                      for s in tiled]
         elif case == "invconv":
             jobs.append((f"invconv:{preset}", dict(case=case, preset=preset, batch=batches[0],
