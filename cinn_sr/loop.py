@@ -342,7 +342,7 @@ def run_loop(
             if checkpointing:
                 rngs = _gather_rng(info)
                 if rotation is not None:
-                    score = _score(task, last_val, window)
+                    score = _score(task, last_val if validating else {}, window)
                     window = []
                     is_best = score <= best
                     best = min(best, score)
@@ -359,9 +359,12 @@ def run_loop(
     return {"step": step, "skipped": skipped, "best": best, "validation": last_val}
 
 
-def _score(task: Task, last_val: dict[str, float], window: list[float]) -> float:
-    if task.best_key is not None and task.best_key in last_val:
-        value = last_val[task.best_key]
+def _score(task: Task, validation: dict[str, float], window: list[float]) -> float:
+    """The checkpoint's score (lower is better): the validation metric `best_key` of a
+    validation run at this very step (inf when none ran: an earlier step's value would
+    mark unvalidated weights best), or the mean training loss since the last checkpoint."""
+    if task.best_key is not None:
+        value = validation.get(task.best_key, math.inf)
     else:
         value = sum(window) / len(window) if window else math.inf
     return value if math.isfinite(value) else math.inf

@@ -166,6 +166,20 @@ def test_too_many_nonfinite_steps_stop_with_the_layer_named(cache, tmp_path):
     assert "injector.subnet.4.bias" in message and "\n" not in message
 
 
+def test_best_checkpoint_is_a_validated_one(cache, tmp_path):
+    """Checkpoints between validations must not inherit the last validation's score."""
+    config = resolve(TrainConfig, cli={**SMALL, "iterations": 6, "checkpoint_every": 1,
+                                       "val_every": 2, "keep_checkpoints": 10})
+    patches = PatchDataset(cache / "default_patches_x4.h5", augment=False)
+    task = build_flow_task(_fresh_model(config), config, validation_items(None, patches, 1, 4),
+                           tmp_path)
+    task.validate = lambda step: {"val_nll_bpd": {2: 1.0, 4: 3.0, 6: 2.0}[step]}
+    (tmp_path / "checkpoints").mkdir()
+    run_loop(task, config, ProcessInfo(0, 1, torch.device("cpu")), patches, tmp_path)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["training"]["step"] == 2 and best["training"]["best"] == 1.0
+
+
 def _fresh_model(config):
     torch.manual_seed(config.seed)
     return SRFlow.from_preset(config.preset)
