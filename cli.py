@@ -1,8 +1,20 @@
 """The `cinn-sr` command line: thin click commands that parse options and call the library."""
 
+import math
+
 import click
 
 import cinn_sr
+
+
+class Temperature(click.FloatRange):
+    """A temperature: a finite float >= 0 (FloatRange alone lets nan and inf through)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,7 +103,7 @@ def _load_model(checkpoint: str, device: str):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images.")
 @click.option(
-    "--temperature", "temperatures", type=click.FloatRange(min=0), multiple=True,
+    "--temperature", "temperatures", type=Temperature(min=0), multiple=True,
     help="Sampling temperature tau; repeat for several (default 0.9).",
 )
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per image and temperature.")
@@ -114,7 +126,7 @@ def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, t
         summary = sample_files(
             model, inputs, out, temperatures or (0.9,), samples, seed, tile, tile_overlap
         )
-    except (ImageReadError, ValueError) as error:
+    except (ImageReadError, ValueError, OSError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary.line())
 
@@ -130,7 +142,7 @@ def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, t
 @click.option("--lr-psnr", "want", flag_value="lr_psnr", multiple=True, help="PSNR of the downscaled SR against the LR (dB).")
 @click.option("--diversity", "want", flag_value="diversity", multiple=True, help="NTIRE 2021 diversity score (checkpoint; default 10 samples).")
 @click.option("--nll", "want", flag_value="nll_bpd", multiple=True, help="NLL of the HR under the model, bits/dim (checkpoint).")
-@click.option("--temperature", default=0.9, show_default=True, type=click.FloatRange(min=0), help="Sampling temperature tau.")
+@click.option("--temperature", default=0.9, show_default=True, type=Temperature(min=0), help="Sampling temperature tau.")
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per image (default 1, or 10 with --diversity).")
 @click.option("--convention", default="srflow", show_default=True, type=click.Choice(["srflow", "basicsr"]), help="srflow: RGB, no crop; basicsr: Y channel, border crop, Gaussian SSIM.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of each image's latents.")
@@ -176,7 +188,10 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
         raise click.ClickException(str(error)) from None
     click.echo(format_table(result))
     if out is not None:
-        json_path, csv_path = write_results(result, out)
+        try:
+            json_path, csv_path = write_results(result, out)
+        except OSError as error:
+            raise click.ClickException(f"cannot write {out}: {error}") from None
         click.echo(f"wrote {json_path} and {csv_path}")
 
 
@@ -261,7 +276,7 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
             from cinn_sr.pretrain import pretrain
 
             result = pretrain(config, checkpoint, payload)
-    except (ConfigError, cinn_sr.CheckpointError, RunFolderError, TrainingStopped) as error:
+    except (ConfigError, cinn_sr.CheckpointError, RunFolderError, TrainingStopped, OSError) as error:
         raise click.ClickException(str(error)) from None
     except Exception as error:
         if type(error).__name__ == "ChildFailedError":
@@ -312,7 +327,7 @@ def _edit_options(command):
 def _random_options(temperature: float):
     def decorate(command):
         command = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the drawn latents.")(command)
-        return click.option("--temperature", default=temperature, show_default=True, type=click.FloatRange(min=0), help="Temperature tau of the drawn latents.")(command)
+        return click.option("--temperature", default=temperature, show_default=True, type=Temperature(min=0), help="Temperature tau of the drawn latents.")(command)
     return decorate
 
 
@@ -336,7 +351,10 @@ def _run_edit(checkpoint: str, device: str, out: str, edit_images):
         raise click.ClickException(str(error)) from None
     except ValueError as error:  # sizes that do not fit the checkpoint's scale
         raise click.UsageError(str(error)) from None
-    write_image(out, result.clamp(0, 1))
+    try:
+        write_image(out, result.clamp(0, 1))
+    except OSError as error:
+        raise click.ClickException(f"cannot write {out}: {error}") from None
     click.echo(f"wrote {out} ({result.shape[-2]}x{result.shape[-1]})")
 
 

@@ -12,3 +12,14 @@ def test_version_and_help():
     result = runner.invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "super-resolution" in result.output
+
+
+def test_train_out_under_a_file_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(
+        main, ["train", "--out", str(blocker / "run"), "--iterations", "1", "--device", "cpu"]
+    )
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith("Error: ") and "file" in result.output

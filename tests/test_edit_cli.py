@@ -125,3 +125,18 @@ def test_an_unreadable_image_is_a_one_line_error(files, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [result.output.strip().splitlines()[-1]]
     assert "broken.png" in result.output
+
+
+def test_bad_device_temperature_and_output_are_one_line_errors(files, tmp_path):
+    base = ["restore", files["ckpt"], files["image"]]
+    cases = [
+        (["--out", str(tmp_path / "x.png"), "--device", "nonsense"], 1, "nonsense"),
+        (["--out", str(tmp_path / "x.png"), "--temperature", "nan"], 2, "finite"),
+        (["--out", files["mask"] + "/x.png"], 1, "mask.png"),
+    ]
+    for args, code, word in cases:
+        result = CliRunner().invoke(main, ["edit", *base, *args])
+        assert result.exit_code == code, (args, result.output, result.exception)
+        assert isinstance(result.exception, SystemExit), (args, result.exception)
+        assert word in result.output.strip().splitlines()[-1]
+    assert not (tmp_path / "x.png").exists()

@@ -217,3 +217,19 @@ def test_eval_sr_with_lr_dir(folders, tmp_path):
     assert [image["lr_psnr"] for image in images] == pytest.approx(
         [expected[i["name"]]["lr_psnr"] for i in images]
     )
+
+
+def test_eval_bad_device_temperature_and_output_are_one_line_errors(folders, checkpoint, tmp_path):
+    hr_dir, _, _ = folders
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [
+        (["--device", "nonsense"], 1, "nonsense"),
+        (["--temperature", "nan", "--device", "cpu"], 2, "finite"),
+        (["--psnr", "--device", "cpu", "--out", blocker / "scores.json"], 1, "scores.json"),
+    ]
+    for args, code, word in cases:
+        result = run("eval", checkpoint, hr_dir, *args)
+        assert result.exit_code == code, (args, result.output, result.exception)
+        assert isinstance(result.exception, SystemExit), (args, result.exception)
+        assert word in result.output.strip().splitlines()[-1]

@@ -129,3 +129,22 @@ def test_cli_sample_errors_are_one_line(model, tmp_path):
         main, ["sample", str(broken), str(broken), "--out", str(tmp_path / "o")]
     )
     assert not_a_model.exit_code == 1 and "Traceback" not in not_a_model.output
+
+
+def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model, tmp_path):
+    checkpoint = cinn_sr.save_checkpoint(tmp_path / "tiny.pt", model)
+    lr = tmp_path / "lr.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr)
+    base = ["sample", str(checkpoint), str(lr)]
+    cases = [
+        (["--out", str(tmp_path / "o"), "--device", "nonsense"], 1, "nonsense"),
+        (["--out", str(tmp_path / "o"), "--temperature", "nan"], 2, "finite"),
+        (["--out", str(tmp_path / "o"), "--temperature", "inf"], 2, "finite"),
+        (["--out", str(lr / "sub"), "--device", "cpu"], 1, "lr.png"),
+    ]
+    for args, code, word in cases:
+        result = CliRunner().invoke(main, base + args)
+        assert result.exit_code == code, (args, result.output, result.exception)
+        assert isinstance(result.exception, SystemExit), (args, result.exception)
+        assert word in result.output.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
