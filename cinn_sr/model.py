@@ -169,8 +169,8 @@ class SRFlow(nn.Module):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):  # nan passes `< 0`
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self._require_initialized()
         with torch.inference_mode():
             cond = self._condition(lr, cond)

@@ -185,6 +185,12 @@ def test_sampling_an_uninitialised_model_is_refused():
     assert model.is_initialized
 
 
+@pytest.mark.parametrize("temperature", [-0.1, math.nan, math.inf])
+def test_sampling_refuses_negative_or_non_finite_temperatures(tiny4, temperature):
+    with pytest.raises(ValueError, match="temperature must be"):
+        tiny4.sample(torch.rand(1, 3, 4, 4), temperature=temperature)
+
+
 def test_mismatched_pairs_are_rejected(tiny4):
     with pytest.raises(ValueError, match="not 4x"):
         tiny4.nll(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 15, 16))
