@@ -93,9 +93,16 @@ def _load_model(checkpoint: str, device: str):
 
     try:
         target = resolve_device(device)
-        return cinn_sr.load(checkpoint, map_location=target).to(target).eval()
+        model = cinn_sr.load(checkpoint, map_location=target).to(target).eval()
     except (cinn_sr.CheckpointError, ValueError) as error:
         raise click.ClickException(str(error)) from None
+    if not model.is_initialized:
+        raise click.ClickException(
+            f"{checkpoint}: the flow of this model is untrained (its ActNorms were never "
+            f"initialised; a `cinn-sr pretrain` checkpoint holds only the encoder): "
+            f"train one with `cinn-sr train --encoder {checkpoint}`"
+        )
+    return model
 
 
 @main.command("sample")

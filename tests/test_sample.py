@@ -148,3 +148,23 @@ def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model,
         assert isinstance(result.exception, SystemExit), (args, result.exception)
         assert word in result.output.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "edit", "eval"])
+def test_cli_refuses_a_model_with_an_untrained_flow(tmp_path, command):
+    """A `pretrain` checkpoint (encoder only, ActNorms never initialised): one-line error,
+    nothing written (`edit restore` would otherwise initialise the ActNorms on its input)."""
+    checkpoint = str(cinn_sr.save_checkpoint(tmp_path / "pre.pt", cinn_sr.SRFlow.from_preset("tiny-4x")))
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    out = tmp_path / "out.png"
+    args = {
+        "sample": ["sample", checkpoint, str(image), "--out", str(tmp_path / "o")],
+        "edit": ["edit", "restore", checkpoint, str(image), "--out", str(out)],
+        "eval": ["eval", checkpoint, str(tmp_path)],
+    }[command]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "untrained" in result.output.strip().splitlines()[-1]
+    assert not out.exists() and not (tmp_path / "o").exists()
