@@ -221,7 +221,7 @@ def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
             raise click.UsageError(f"--stack-blocks {stack_blocks!r} is not a comma-separated list of integers") from None
     try:
         line = convert_file(src, out, blocks, invconv, preset, "esrgan" if esrgan else "auto")
-    except cinn_sr.CheckpointError as error:
+    except (cinn_sr.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(line)
 

@@ -23,3 +23,13 @@ def test_train_out_under_a_file_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.output.startswith("Error: ") and "file" in result.output
+
+
+def test_convert_out_under_a_file_is_a_one_line_error(tmp_path):
+    source = cinn_sr.save_checkpoint(tmp_path / "tiny.pt", cinn_sr.SRFlow.from_preset("tiny-4x"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["convert", str(source), "--out", str(blocker / "x.pt")])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.startswith("Error: ")
