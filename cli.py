@@ -276,7 +276,8 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
         else:
             config = resolve(cls, file, cli_values, file_name=name)
         if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            result = training.launch_processes(cls, config, checkpoint)
+            training.launch_processes(cls, config, checkpoint)
+            return  # rank 0 of the launched processes printed the summary
         elif kind == "train":
             result = training.train(config, checkpoint, payload)
         else:
