@@ -69,6 +69,10 @@ def _read(path: str | os.PathLike, map_location) -> object:
             f"{path}: not a readable checkpoint (corrupt, or holds objects other than tensors "
             f"and plain containers, which torch.load(weights_only=True) refuses)"
         ) from e
+    except KeyError as e:  # the weights-only unpickler on a text or other non-torch file
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not a file written by torch.save)"
+        ) from e
     except Exception as e:  # torch.load on a damaged file raises many kinds of error
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from e
 

@@ -85,3 +85,10 @@ def test_unreadable_files_give_one_line_errors(trained, tmp_path, kind):
 def test_extras_may_not_overwrite_the_reserved_keys(trained, tmp_path):
     with pytest.raises(ValueError, match="config"):
         save_checkpoint(tmp_path / "x.pt", trained[0], config={})
+
+
+def test_a_text_file_is_named_as_not_a_torch_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n")  # the weights-only unpickler raises KeyError(101) on this
+    with pytest.raises(CheckpointError, match="not a file written by torch.save"):
+        load(path)
