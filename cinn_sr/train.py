@@ -370,9 +370,9 @@ def run_task(
             load_encoder_weights(model, encoder_state, encoder_file)
         model.to(info.device)
         seed_everything(config.seed + 1 + info.rank)
-        out = setup_run(config, info, resuming=payload is not None)
         val = config.val or default_val
         items = validation_items(val, train_set, config.val_count, model.config.scale)
+        out = setup_run(config, info, resuming=payload is not None)  # after the inputs are read
         task = build(model, config, items, out if info.is_main else None)
         if val is None:
             task.best_key = None

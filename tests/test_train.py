@@ -229,3 +229,13 @@ def test_cli_train_first_run_refuses_reuse_and_resumes(env_cache, tmp_path):
     assert sorted(losses(out)) == [1, 2, 3, 4, 5]
     missing = runner.invoke(main, ["train", "--resume", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 1 and "nope.pt" in missing.output
+
+
+def test_cli_train_with_an_unusable_val_leaves_no_run_folder(env_cache, tmp_path):
+    out, val = tmp_path / "run", tmp_path / "empty"
+    val.mkdir()
+    result = CliRunner().invoke(
+        main, ["train", "--iterations", "1", "--val", str(val), "--device", "cpu", "--out", str(out)]
+    )
+    assert result.exit_code == 1 and "no images found" in result.output, result.output
+    assert not out.exists()
