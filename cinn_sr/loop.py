@@ -270,6 +270,7 @@ def run_loop(
     began = time.time() - elapsed
     data = iter(loader)
     step = start
+    saved = start if start > 0 else None  # the step of the latest checkpoint, if any
     try:
         while step < end:
             hr, lr = next(data)
@@ -328,7 +329,9 @@ def run_loop(
             if consecutive >= config.max_nonfinite:
                 raise TrainingStopped(
                     f"stopped at step {step}: {consecutive} non-finite steps in a row "
-                    f"(first: {first_bad}); the last checkpoint holds finite weights"
+                    f"(first: {first_bad}); "
+                    + (f"the last checkpoint (step {saved}) holds finite weights" if saved
+                       else "no checkpoint was written")
                 )
             validating = step % config.val_every == 0 or step == end
             checkpointing = step % config.checkpoint_every == 0 or step == end
@@ -354,6 +357,7 @@ def run_loop(
                     extra = {"kind": task.name, "run_config": to_toml_dict(config),
                              "training": state.to_checkpoint()}
                     rotation.write(step, is_best, lambda p, e=extra: task.save(p, e))
+                saved = step
     finally:
         bar.close()
     return {"step": step, "skipped": skipped, "best": best, "validation": last_val}

@@ -164,6 +164,7 @@ def test_too_many_nonfinite_steps_stop_with_the_layer_named(cache, tmp_path):
     message = str(error.value)
     assert "stopped at step 3: 3 non-finite steps in a row" in message
     assert "injector.subnet.4.bias" in message and "\n" not in message
+    assert "no checkpoint was written" in message  # none yet: not "the last checkpoint ..."
 
 
 def test_best_checkpoint_is_a_validated_one(cache, tmp_path):
