@@ -301,7 +301,14 @@ def resolve_for_resume(
     if cli.get("out") is None and (file or {}).get("out") is None:
         folder = checkpoint.parent
         base["out"] = str(folder.parent if folder.name == "checkpoints" else folder)
-    return resolve(cls, file, cli, base=base, file_name=file_name), payload
+    config = resolve(cls, file, cli, base=base, file_name=file_name)
+    step = payload["training"].get("step", 0) if isinstance(payload["training"], dict) else 0
+    if isinstance(step, int) and config.iterations <= step:
+        raise ConfigError(
+            f"{checkpoint} is at step {step}: iterations {config.iterations} leaves nothing to "
+            "train; give a larger --iterations"
+        )
+    return config, payload
 
 
 _KIND = {TrainConfig: "train", PretrainConfig: "pretrain"}

@@ -228,6 +228,10 @@ def test_cli_train_first_run_refuses_reuse_and_resumes(env_cache, tmp_path):
     resumed = runner.invoke(main, [*args[:2], "5", *args[3:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert sorted(losses(out)) == [1, 2, 3, 4, 5]
+    finished = runner.invoke(main, [*args[:2], "5", *args[3:-2], "--out", str(tmp_path / "b"),
+                                    "--resume", str(out / "last.pt")])
+    assert finished.exit_code == 1 and "at step 5" in finished.output, finished.output
+    assert not (tmp_path / "b").exists()  # was: an empty run folder and a "done" line
     missing = runner.invoke(main, ["train", "--resume", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 1 and "nope.pt" in missing.output
 
