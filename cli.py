@@ -168,6 +168,8 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
     from cinn_sr.lpips import LPIPSWeightsError
 
     metrics = tuple(want) or ("psnr", "ssim", "lr_psnr")
+    if out is not None and out.lower().endswith(".csv"):
+        raise click.UsageError(f"--out {out}: give the JSON file (FILE.json); the CSV is written beside it")
     try:
         if sr_dir is not None:
             if len(paths) != 1:

@@ -233,3 +233,11 @@ def test_eval_bad_device_temperature_and_output_are_one_line_errors(folders, che
         assert result.exit_code == code, (args, result.output, result.exception)
         assert isinstance(result.exception, SystemExit), (args, result.exception)
         assert word in result.output.strip().splitlines()[-1]
+
+
+def test_eval_out_csv_is_a_usage_error(folders, tmp_path):
+    """--out FILE.csv would write the JSON there and then overwrite it with the CSV."""
+    hr_dir, sr_dir, _ = folders
+    result = run("eval", "--sr", sr_dir, hr_dir, "--scale", "4", "--out", tmp_path / "scores.csv")
+    assert result.exit_code == 2 and "FILE.json" in result.output, result.output
+    assert not (tmp_path / "scores.csv").exists()
