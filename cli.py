@@ -351,12 +351,18 @@ def _mode_option(default: str):
 def _run_edit(checkpoint: str, device: str, out: str, edit_images):
     """Load the model, run `edit_images(model, device)` (it reads the files, checks their
     sizes and returns the edited image) and write OUT; one-line errors."""
+    import warnings
+
     from cinn_sr.datasets import ImageReadError, write_image
 
     model = _load_model(checkpoint, device)
     target = next(model.parameters()).device
     try:
-        result = edit_images(model, target)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = edit_images(model, target)
+        for note in dict.fromkeys(str(w.message) for w in caught):
+            click.echo(f"warning: {note}", err=True)
     except ImageReadError as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:  # sizes that do not fit the checkpoint's scale

@@ -140,3 +140,13 @@ def test_bad_device_temperature_and_output_are_one_line_errors(files, tmp_path):
         assert isinstance(result.exception, SystemExit), (args, result.exception)
         assert word in result.output.strip().splitlines()[-1]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_rgba_input_gives_a_one_line_warning(files, tmp_path):
+    rgba = tmp_path / "rgba.png"
+    pixels = read_image(files["image"])
+    Image.fromarray(np.dstack([pixels, np.full(pixels.shape[:2], 200, np.uint8)])).save(rgba)
+    result = _edit("restore", files["ckpt"], str(rgba), "--out", str(tmp_path / "x.png"))
+    assert result.exit_code == 0, result.output
+    assert "warning: rgba.png: alpha channel dropped" in result.output
+    assert "UserWarning" not in result.output and "edit_files.py" not in result.output
