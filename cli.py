@@ -114,7 +114,7 @@ def _load_model(checkpoint: str, device: str):
     help="Sampling temperature tau; repeat for several (default 0.9).",
 )
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per image and temperature.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of each image's latents (same seed, same images).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of each image's latents (same seed, same images).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--tile", type=click.IntRange(min=1), help="Decode by tiles of this many LR pixels (bounded memory).")
 @click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(min=0), help="LR pixels of context shared by neighbouring tiles.")
@@ -152,7 +152,7 @@ def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, t
 @click.option("--temperature", default=0.9, show_default=True, type=Temperature(min=0), help="Sampling temperature tau.")
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per image (default 1, or 10 with --diversity).")
 @click.option("--convention", default="srflow", show_default=True, type=click.Choice(["srflow", "basicsr"]), help="srflow: RGB, no crop; basicsr: Y channel, border crop, Gaussian SSIM.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of each image's latents.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of each image's latents.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--tile", type=click.IntRange(min=1), help="Decode by tiles of this many LR pixels.")
 @click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(min=0), help="LR pixels of context shared by neighbouring tiles.")
@@ -336,7 +336,7 @@ def _edit_options(command):
 
 def _random_options(temperature: float):
     def decorate(command):
-        command = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the drawn latents.")(command)
+        command = click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the drawn latents.")(command)
         return click.option("--temperature", default=temperature, show_default=True, type=Temperature(min=0), help="Temperature tau of the drawn latents.")(command)
     return decorate
 

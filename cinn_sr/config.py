@@ -224,6 +224,8 @@ def _validate(config: RunConfig, sources: Mapping[str, str]) -> None:
     for key in ("workers", "seed"):
         if getattr(config, key) < 0:
             fail(key, "must be >= 0")
+    if config.seed >= 2**32:  # derived seeds (seed + 1000 * rank + step) must fit torch's 64 bits
+        fail("seed", "must be < 2**32")
     if config.batch_size % config.nproc:
         fail("batch_size", f"must be divisible by nproc ({config.nproc}): it is the total")
     if config.keep_checkpoints < 1:

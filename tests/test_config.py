@@ -69,6 +69,7 @@ def test_toml_round_trip_and_hyphenated_keys(tmp_path):
         ({"batch_sz": 4}, "unknown key 'batch_sz'"),
         ({"batch_size": "four"}, "'batch_size' must be an integer, got 'four'"),
         ({"batch_size": 0}, "'batch_size' must be >= 1"),
+        ({"seed": 10**23}, "'seed' must be < 2**32"),
         ({"noise": "pink"}, "'noise' must be one of gaussian, uniform, none"),
         ({"betas": [0.9]}, "'betas' must be a list of 2 numbers"),
         ({"lr_milestones": [0.75, 0.5]}, "'lr_milestones' must be increasing fractions"),

@@ -140,6 +140,7 @@ def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model,
         (["--out", str(tmp_path / "o"), "--device", "nonsense"], 1, "nonsense"),
         (["--out", str(tmp_path / "o"), "--temperature", "nan"], 2, "finite"),
         (["--out", str(tmp_path / "o"), "--temperature", "inf"], 2, "finite"),
+        (["--out", str(tmp_path / "o"), "--seed", str(10**23)], 2, "--seed"),
         (["--out", str(lr / "sub"), "--device", "cpu"], 1, "lr.png"),
     ]
     for args, code, word in cases:
