@@ -21,6 +21,11 @@ class Temperature(click.FloatRange):
 @click.version_option(cinn_sr.__version__, prog_name="cinn-sr")
 def main() -> None:
     """cinn-sr: conditional invertible networks (SRFlow) for super-resolution."""
+    import warnings
+
+    # one line per warning (the library's "alpha channel dropped" ...), without Python's
+    # source path and code line
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 @main.command("pack")

@@ -1,3 +1,5 @@
+import os
+
 from click.testing import CliRunner
 
 import cinn_sr
@@ -33,3 +35,22 @@ def test_convert_out_under_a_file_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit), result.exception
     assert result.output.startswith("Error: ")
+
+
+def test_library_warnings_print_as_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    Image.fromarray(np.full((16, 16, 4), 200, np.uint8)).save(folder / "rgba.png")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "eval", "--sr", str(folder), str(folder), "--scale", "4"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: rgba.png: alpha channel dropped" in done.stderr
+    assert "UserWarning" not in done.stderr and ".py:" not in done.stderr
