@@ -113,6 +113,10 @@ def read_weights(path: str | os.PathLike) -> object:
             f"{path}: refused: the file holds Python objects other than tensors and plain "
             f"containers, which would need unsafe unpickling (or it is corrupt)"
         ) from e
+    except KeyError as e:  # the weights-only unpickler on a text or other non-torch file
+        raise CheckpointError(
+            f"{path}: not a readable weights file (not a file written by torch.save)"
+        ) from e
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"{path}: not a readable weights file ({first})") from e
@@ -471,6 +475,8 @@ def convert_file(src: str | os.PathLike, out: str | os.PathLike, stack_blocks=No
     from cinn_sr.checkpoint import load_weights, save_checkpoint
 
     payload = read_weights(src)
+    if isinstance(payload, dict) and payload.get("format") == "cinn-sr":
+        raise CheckpointError(f"{src}: already a cinn-sr checkpoint; use it as it is")
     name = Path(src).name
     try:
         state = strip_module_prefix(payload) if isinstance(payload, dict) else payload

@@ -319,3 +319,17 @@ def test_unsupported_encoder_variants_and_bad_options(tmp_path):
         cli.main, ["convert", str(path), "--out", str(tmp_path / "o.pt"), "--stack-blocks", "a,b"]
     )
     assert result.exit_code == 2 and "--stack-blocks" in result.output
+
+
+def test_text_file_and_cinn_sr_checkpoint_are_one_line_refusals(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(CheckpointError, match="not a file written by torch.save") as info:
+        interop.load_encoder_state(text)
+    assert_one_line(info.value)
+    ckpt = cinn_sr.save_checkpoint(tmp_path / "model.pt", converted("small-4x")[0])
+    for src, message in ((text, "torch.save"), (ckpt, "already a cinn-sr checkpoint")):
+        out = tmp_path / "o.pt"
+        result = CliRunner().invoke(cli.main, ["convert", str(src), "--out", str(out)])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output and not out.exists()
