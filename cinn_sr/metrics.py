@@ -47,7 +47,7 @@ def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
-        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        if array.ndim == 3:
             array = array.permute(1, 2, 0)
         image = array.numpy()
     array = np.asarray(image)

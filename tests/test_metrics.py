@@ -77,3 +77,11 @@ def test_diversity_of_maps():
     complementary = torch.stack([torch.eye(8), 1 - torch.eye(8)])
     assert diversity(complementary) == pytest.approx(100.0)
     assert 0 < diversity(torch.rand(10, 8, 8)) < 100
+
+
+def test_to_uint8_reads_every_3d_tensor_as_chw():
+    """Tiny images whose width is 1 or 3 (a 4x4 HR patch has a 1x1 LR) stay C x H x W."""
+    for shape in [(3, 1, 1), (3, 1, 3), (1, 3, 3), (3, 2, 3)]:
+        tensor = torch.rand(shape)
+        assert to_uint8(tensor).shape == (shape[1], shape[2], shape[0])
+    assert lr_psnr(torch.full((3, 4, 4), 0.5), torch.full((3, 1, 1), 0.5), 4) > 60
