@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from cinn_sr.datasets import imresize, list_images, read_image, write_image
+from cinn_sr.datasets import ImageReadError, imresize, list_images, read_image, write_image
 from cinn_sr.model import SRFlow
 
 __all__ = [
@@ -192,13 +192,17 @@ class SampleSummary:
     samples: int
     written: list[Path]
     out_dir: Path
+    skipped: list[str]
 
     def line(self) -> str:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
-        return (
+        line = (
             f"wrote {len(self.written)} images to {self.out_dir} ({_count(self.inputs, 'input')} x "
             f"{_count(len(self.temperatures), 'temperature')} ({temps}) x {_count(self.samples, 'sample')})"
         )
+        if self.skipped:
+            line += f"; skipped {_count(len(self.skipped), 'unreadable input')}: " + "; ".join(self.skipped)
+        return line
 
 
 def _count(n: int, noun: str) -> str:
@@ -274,15 +278,21 @@ def sample_files(
     """Super-resolve image files (or folders of them) into ``out_dir`` as ``output_name`` PNGs.
 
     Each image's noise comes from ``torch.Generator().manual_seed(seed)``, so a seed gives
-    the same outputs for an image whatever else is sampled with it.
+    the same outputs for an image whatever else is sampled with it. Unreadable files are
+    skipped and named in the summary; none readable at all is an ``ImageReadError``.
     """
     files = expand_inputs(inputs)
     temperatures = tuple(dict.fromkeys(float(t) for t in temperatures))
     out_dir = Path(out_dir)
     model.eval()
     written: list[Path] = []
+    skipped: list[str] = []
     for path in tqdm(files, desc="sample", unit="image", disable=not progress):
-        rgb, gray, alpha = _read_with_mode(path)
+        try:
+            rgb, gray, alpha = _read_with_mode(path)
+        except ImageReadError as error:
+            skipped.append(str(error))
+            continue
         lr = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
         results = super_resolve(
             model, lr, temperatures, n, torch.Generator().manual_seed(seed), tile, overlap
@@ -293,4 +303,6 @@ def sample_files(
                 written.append(
                     write_image(out_dir / output_name(path.stem, temperature, index), image)
                 )
-    return SampleSummary(len(files), temperatures, n, written, out_dir)
+    if len(skipped) == len(files):
+        raise ImageReadError(f"no readable input image: {'; '.join(skipped)}")
+    return SampleSummary(len(files) - len(skipped), temperatures, n, written, out_dir, skipped)

@@ -131,6 +131,22 @@ def test_cli_sample_errors_are_one_line(model, tmp_path):
     assert not_a_model.exit_code == 1 and "Traceback" not in not_a_model.output
 
 
+def test_cli_sample_skips_and_names_unreadable_files(model, tmp_path, lr_image):
+    checkpoint = cinn_sr.save_checkpoint(tmp_path / "tiny.pt", model)
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    rgb = np.floor(lr_image[0, :, :12, :12].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(rgb).save(folder / "good.png")
+    result = CliRunner().invoke(
+        main, ["sample", str(checkpoint), str(folder), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 images" in result.output and "(1 input x" in result.output
+    assert "skipped 1 unreadable input" in result.output and "broken.png" in result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good_t0.9_s0.png"]
+
+
 def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model, tmp_path):
     checkpoint = cinn_sr.save_checkpoint(tmp_path / "tiny.pt", model)
     lr = tmp_path / "lr.png"
