@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cinn_sr.datasets import imresize
-from cinn_sr.model import SRFlow
+from cinn_sr.model import SRFlow, check_temperature
 
 Mode = Literal["global", "local", "spatial"]
 
@@ -73,6 +73,7 @@ def normalize_latents(
     """
     if mode not in _COLLECTION_DIMS:
         raise ValueError(f"mode must be one of {sorted(_COLLECTION_DIMS)}, got {mode!r}")
+    check_temperature(temperature)
     dims = _COLLECTION_DIMS[mode]
     normalized = []
     for z in latents:
@@ -98,6 +99,7 @@ def _at_temperature_inside(
     generator: torch.Generator | None,
 ) -> list[torch.Tensor]:
     """Latents with every entry inside ``mask`` replaced by a fresh N(0, tau^2) draw."""
+    check_temperature(temperature)
     redrawn = []
     for z in latents:
         inside = mask_at_level(mask.to(z.device), z.shape[-2:]).expand_as(z)

@@ -36,6 +36,12 @@ def standard_normal_logp(latents: list[Tensor]) -> Tensor:
     )
 
 
+def check_temperature(temperature: float) -> None:
+    """ValueError unless `temperature` is a finite number >= 0 (nan passes a plain `< 0`)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+
+
 class SRFlow(nn.Module):
     """SRFlow (Lugmayr et al., ECCV 2020): p(HR | LR) as a conditional normalizing flow.
 
@@ -169,8 +175,7 @@ class SRFlow(nn.Module):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if not (math.isfinite(temperature) and temperature >= 0):  # nan passes `< 0`
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        check_temperature(temperature)
         self._require_initialized()
         with torch.inference_mode():
             cond = self._condition(lr, cond)

@@ -142,6 +142,17 @@ def test_normalize_latents_rejects_an_unknown_mode():
         normalize_latents([torch.randn(1, 2, 2, 2)], "channel", 1.0)
 
 
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -0.5])
+def test_edits_reject_a_non_finite_or_negative_temperature(random_model, temperature):
+    z = [torch.randn(1, 6, 4, 4)]
+    with pytest.raises(ValueError, match="temperature"):
+        normalize_latents(z, "global", temperature)
+    lr = torch.rand(1, 3, 8, 8)
+    latents = random_model.encode(lr, torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="temperature"):
+        resample_region(random_model, lr, latents, torch.ones(32, 32, dtype=torch.bool), temperature)
+
+
 # ---- model-based edits on a tiny SRFlow with random weights ------------------------------
 
 
