@@ -58,7 +58,8 @@ def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
     return path
 
 
-def _read(path: str | os.PathLike, map_location) -> object:
+def read_weights(path: str | os.PathLike, map_location="cpu") -> object:
+    """`torch.load(path, weights_only=True)`, with one-line CheckpointErrors (never unpickles code)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -91,7 +92,7 @@ def _is_cinn_sr(payload: object) -> bool:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The whole cinn-sr checkpoint dict (config, weights and training extras)."""
-    return _validate(_read(path, map_location), path)
+    return _validate(read_weights(path, map_location), path)
 
 
 def _validate(payload: object, path: str | os.PathLike) -> dict:
@@ -161,7 +162,7 @@ def load(
     `cinn_sr.interop.load_official(state_dict)` (released SRFlow files). With `preset`,
     a checkpoint of another architecture raises CheckpointError.
     """
-    payload = _read(path, map_location)
+    payload = read_weights(path, map_location)
     if _is_cinn_sr(payload):
         model = model_from_checkpoint(_validate(payload, path), path)
     elif importlib.util.find_spec("cinn_sr.interop") is not None and isinstance(payload, dict):

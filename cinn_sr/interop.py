@@ -36,16 +36,14 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from cinn_sr.checkpoint import FORMAT, CheckpointError
+from cinn_sr.checkpoint import FORMAT, CheckpointError, read_weights
 from cinn_sr.encoder import RRDBEncoder
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS, SRFlowConfig
@@ -99,27 +97,6 @@ class EncoderWeights:
     state_dict: dict[str, Tensor]
     source: str
     fields: dict
-
-
-def read_weights(path: str | os.PathLike) -> object:
-    """`torch.load(path, weights_only=True)` on CPU, with one-line CheckpointErrors."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: the file holds Python objects other than tensors and plain "
-            f"containers, which would need unsafe unpickling (or it is corrupt)"
-        ) from e
-    except KeyError as e:  # the weights-only unpickler on a text or other non-torch file
-        raise CheckpointError(
-            f"{path}: not a readable weights file (not a file written by torch.save)"
-        ) from e
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable weights file ({first})") from e
 
 
 def strip_module_prefix(state: dict) -> dict:
