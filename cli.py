@@ -1,6 +1,7 @@
 """The `cinn-sr` command line: thin click commands that parse options and call the library."""
 
 import math
+import os
 
 import click
 
@@ -15,6 +16,28 @@ class Temperature(click.FloatRange):
         if not math.isfinite(value):
             self.fail(f"{value} is not a finite number.", param, ctx)
         return value
+
+
+class Checkpoint(click.ParamType):
+    """A checkpoint file, or the name of a model shipped in the package (a file wins)."""
+
+    name = "checkpoint"
+
+    def convert(self, value, param, ctx):
+        from cinn_sr.shipped import resolve_checkpoint
+
+        try:
+            return str(resolve_checkpoint(value))
+        except FileNotFoundError as error:
+            self.fail(str(error), param, ctx)
+
+
+CHECKPOINT = Checkpoint()
+
+
+def _checkpoint_argument(value: str) -> str:
+    """`value` resolved like a CHECKPOINT argument (for nargs=-1 arguments such as eval's)."""
+    return CHECKPOINT.convert(value, click.Argument(["ckpt"], metavar="CKPT"), None)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,7 +62,8 @@ def main() -> None:
 @click.option("--lr-dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of real LR images (0801.png or 0801x4.png) instead of bicubic LR.")
 @click.option("--faces", is_flag=True, help="Centre-crop each whole image to a square and resize it to the patch size.")
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), default="gzip", show_default=True, help="HDF5 compression of each patch.")
-def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, compression) -> None:
+@click.option("--max-side", type=click.IntRange(min=1), default=None, help="First downscale (MATLAB bicubic) images whose longer side exceeds this, e.g. 2048.")
+def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, compression, max_side) -> None:
     """Pack image files or folders SOURCES into an HDF5 file of HR/LR patches."""
     from cinn_sr.datasets import pack_images
 
@@ -57,6 +81,7 @@ def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, com
         summary = pack_images(
             sources, out, scale=scale, patch=patch, per_image=47 if per_image is None else per_image,
             stride=stride, seed=seed, lr_dir=lr_dir, faces=faces, compression=compression,
+            max_side=max_side,
         )
     except (ValueError, OSError) as error:
         raise click.ClickException(str(error)) from None
@@ -111,7 +136,7 @@ def _load_model(checkpoint: str, device: str):
 
 
 @main.command("sample")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False), metavar="CKPT")
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images.")
 @click.option(
@@ -144,7 +169,7 @@ def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, t
 
 
 @main.command("eval")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True), metavar="[CKPT] HR_DIR")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="[CKPT] HR_DIR")
 @click.option("--sr", "sr_dir", type=click.Path(exists=True, file_okay=False), help="Score the ready SR images of this folder (no model): PATHS is HR_DIR.")
 @click.option("--scale", type=click.IntRange(min=1), help="Upscaling factor of --sr images (a checkpoint knows its own).")
 @click.option("--lr-dir", type=click.Path(exists=True, file_okay=False), help="LR images (default: imresize(HR, 1/scale), rounded).")
@@ -173,6 +198,8 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
     from cinn_sr.lpips import LPIPSWeightsError
 
     metrics = tuple(want) or ("psnr", "ssim", "lr_psnr")
+    if not os.path.exists(paths[-1]):
+        raise click.BadParameter(f"{paths[-1]}: no such file or folder", param_hint="HR_DIR")
     if out is not None and out.lower().endswith(".csv"):
         raise click.UsageError(f"--out {out}: give the JSON file (FILE.json); the CSV is written beside it")
     try:
@@ -191,7 +218,7 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
         else:
             if len(paths) != 2:
                 raise click.UsageError("give CKPT HR_DIR (or --sr SR_DIR HR_DIR --scale S)")
-            model = _load_model(paths[0], device)
+            model = _load_model(_checkpoint_argument(paths[0]), device)
             if scale is not None and scale != model.config.scale:
                 raise click.UsageError(f"--scale {scale} differs from the checkpoint's scale {model.config.scale}")
             n = samples or (10 if "diversity" in metrics else 1)
@@ -231,6 +258,21 @@ def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
     except (cinn_sr.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(line)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights-only cinn-sr checkpoint to write.")
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; loads as a float32 model).")
+def export(checkpoint, out, half) -> None:
+    """Write the model of CKPT without optimizer or training state, for sharing and sampling."""
+    from cinn_sr.checkpoint import export_weights
+
+    try:
+        path = export_weights(checkpoint, out, half=half)
+    except (cinn_sr.CheckpointError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, weights only{', float16' if half else ''})")
 
 
 def _training_options(command):
@@ -307,11 +349,11 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
 
 @main.command("train")
 @_training_options
-@click.option("--encoder", type=click.Path(exists=True, dir_okay=False), help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow file or an ESRGAN/BasicSR file.")
+@click.option("--encoder", type=CHECKPOINT, help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow file or an ESRGAN/BasicSR file.")
 @click.option("--freeze-encoder-fraction", type=click.FloatRange(0, 1), help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, as the reference code].")
 @click.option("--noise", type=click.Choice(["gaussian", "uniform", "none"]), help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].")
 @click.option("--encoder-bf16/--no-encoder-bf16", default=None, help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).")
-@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from step 0.")
+@click.option("--init", type=CHECKPOINT, help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from step 0.")
 @click.option("--compile/--no-compile", default=None, help="Run the flow through torch.compile after the ActNorm initialisation.")
 def train_command(data, config_file, resume, **options) -> None:
     """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos, tiny-4x)."""
@@ -320,7 +362,7 @@ def train_command(data, config_file, resume, **options) -> None:
 
 @main.command("pretrain")
 @_training_options
-@click.option("--init", type=click.Path(exists=True, dir_okay=False), help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or BasicSR file).")
+@click.option("--init", type=CHECKPOINT, help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or BasicSR file).")
 def pretrain_command(data, config_file, resume, **options) -> None:
     """Pre-train the RRDB encoder (ESRGAN head, L1 loss) on PATCHES.h5 (default: the sample photos)."""
     _run_training("pretrain", data, config_file, resume, options)
@@ -380,7 +422,7 @@ def _run_edit(checkpoint: str, device: str, out: str, edit_images):
 
 
 @edit.command("resample")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @click.argument("lr", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("mask", type=click.Path(exists=True, dir_okay=False))
@@ -408,7 +450,7 @@ def edit_resample(checkpoint, lr, image, mask, out, device, temperature, seed) -
 
 
 @edit.command("style")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @click.argument("source_hr", type=click.Path(exists=True, dir_okay=False))
 @click.argument("target_lr", type=click.Path(exists=True, dir_okay=False))
 @click.option("--source-lr", type=click.Path(exists=True, dir_okay=False), help="The source's LR (default: MATLAB-bicubic downscale of SOURCE_HR).")
@@ -437,7 +479,7 @@ def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None
 
 
 @edit.command("content")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @click.argument("lr", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("pasted", type=click.Path(exists=True, dir_okay=False))
@@ -471,7 +513,7 @@ def edit_content(checkpoint, lr, image, pasted, mask, out, device, temperature, 
 
 
 @edit.command("restore")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @click.argument("degraded", type=click.Path(exists=True, dir_okay=False))
 @click.option("--lr", type=click.Path(exists=True, dir_okay=False), help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).")
 @_edit_options

@@ -23,6 +23,7 @@ import torch
 
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS, SRFlowConfig
+from cinn_sr.shipped import resolve_checkpoint
 
 FORMAT = "cinn-sr"
 VERSION = 1
@@ -38,8 +39,6 @@ def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
     clash = sorted(set(extra) & set(RESERVED_KEYS))
     if clash:
         raise ValueError(f"extra checkpoint keys clash with reserved ones: {', '.join(clash)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -47,6 +46,12 @@ def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
         "model": model.state_dict(),
         **extra,
     }
+    return _save_payload(path, payload)
+
+
+def _save_payload(path: str | os.PathLike, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -58,11 +63,25 @@ def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
     return path
 
 
+def export_weights(src: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:
+    """Write the model of checkpoint `src` (any file `load` reads) as a weights-only cinn-sr
+    checkpoint at `out`: no optimizer or training state; `half` stores floating tensors as
+    float16 (half the size; `load` returns a float32 model)."""
+    model = load(src)
+    weights = model.state_dict()
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    payload = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict()}
+    return _save_payload(out, {**payload, "model": weights})
+
+
 def read_weights(path: str | os.PathLike, map_location="cpu") -> object:
-    """`torch.load(path, weights_only=True)`, with one-line CheckpointErrors (never unpickles code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    """`torch.load(path, weights_only=True)` of a file or a shipped model's name
+    (`cinn_sr.shipped`), with one-line CheckpointErrors (never unpickles code)."""
+    try:
+        path = resolve_checkpoint(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(str(e)) from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -128,13 +128,31 @@ TINY_RECIPE: dict[str, Any] = {
 }
 
 
+SMALL_PRESETS = ("small-4x",)
+SMALL_RECIPE: dict[str, Any] = {
+    "iterations": 2000,
+    "batch_size": 8,
+    "workers": 0,
+    "checkpoint_every": 250,
+    "keep_checkpoints": 2,
+    "val_every": 250,
+    "val_count": 8,
+}
+"""The small presets' recipe (`recipes/small-4x/`): a couple of CPU hours in all."""
+SMALL_PRETRAIN_RECIPE: dict[str, Any] = {
+    **SMALL_RECIPE, "iterations": 2500, "batch_size": 16, "lr": 1e-3, "restart_every": 2500,
+}
+
+
 def preset_recipe(cls: type[RunConfig], preset: str) -> dict[str, Any]:
     """The preset's layer of defaults for `cls` (SPEC 1.4 for the full presets)."""
     recipe: dict[str, Any] = {}
     scale = PRESETS[preset].scale
     if cls is TrainConfig:
         recipe["batch_size"] = 12 if scale == 4 else 16
-    if preset not in FULL_PRESETS:
+    if preset in SMALL_PRESETS:
+        recipe.update(SMALL_PRETRAIN_RECIPE if cls is PretrainConfig else SMALL_RECIPE)
+    elif preset not in FULL_PRESETS:
         recipe.update(TINY_RECIPE)
         if cls is PretrainConfig:
             recipe["restart_every"] = TINY_RECIPE["iterations"]

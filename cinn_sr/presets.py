@@ -137,6 +137,13 @@ PRESETS: dict[str, SRFlowConfig] = {
     "celeba-8x": SRFlowConfig(
         name="celeba-8x", scale=8, L=4, K=16, n_rrdb=8, stack_blocks=(1, 3, 5, 7)
     ),
+    # The shipped CPU-trained model (cinn_sr/models/small-4x.pt, recipes/small-4x/): the
+    # paper's structure at a width that trains on 2 CPU cores in about two hours; softclamp
+    # because the sigmoid scale's 1e-4 floor blows samples up at high temperature.
+    "small-4x": SRFlowConfig(
+        name="small-4x", scale=4, L=3, K=4, n_rrdb=4, nf=32, gc=16, stack_blocks=(0, 1, 2, 3),
+        hidden=32, scale_fn="softclamp",
+    ),
     "tiny-4x": SRFlowConfig(
         name="tiny-4x", scale=4, L=3, K=2, n_rrdb=2, nf=16, gc=8, stack_blocks=(0, 1), hidden=16
     ),

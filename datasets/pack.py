@@ -7,7 +7,7 @@ File layout (all uint8, one chunk per patch, compressed):
 - attributes: ``format`` = ``"cinn-sr-patches"``, ``format_version``, ``version`` (package),
   ``scale``, ``patch``, ``degradation`` (``"bicubic"``: LR = ``imresize(HR patch, 1/s)``
   rounded to uint8; ``"paired"``: LR cropped from a given LR image), ``mode`` (``random``,
-  ``grid`` or ``faces``), ``per_image``, ``stride``, ``seed``, ``sources`` (file names).
+  ``grid`` or ``faces``), ``per_image``, ``stride``, ``max_side`` (0: none), ``seed``, ``sources`` (file names).
 
 Images are streamed one at a time into resizable datasets, so memory does not grow with
 the number of images. The file is written under a temporary name in the output folder and
@@ -152,6 +152,16 @@ def _read(path: Path, notes: list[str]) -> np.ndarray:
     return image
 
 
+def limit_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` downscaled (MATLAB bicubic) so that its longer side is at most ``max_side``."""
+    height, width = image.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return image
+    factor = max_side / max(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return imresize(image, size=size)
+
+
 def _patches_of(
     path: Path,
     index: int,
@@ -163,10 +173,11 @@ def _patches_of(
     seed: int,
     faces: bool,
     lr_files: dict[str, Path] | None,
+    max_side: int | None,
     notes: list[str],
 ) -> tuple[np.ndarray, np.ndarray]:
     """HR patches ``n x P x P x 3`` and LR patches of one image (raises _SkipImage)."""
-    hr_image = _read(path, notes)
+    hr_image = limit_side(_read(path, notes), max_side)
     height, width = hr_image.shape[:2]
     if min(height, width) < patch:
         raise _SkipImage(f"{width}x{height} is smaller than the {patch}x{patch} patch")
@@ -225,8 +236,18 @@ def _append(handle: h5py.File, hr: np.ndarray, lr: np.ndarray, source: int) -> N
 
 
 def _check_options(
-    scale: int, patch: int, per_image: int, stride: int | None, faces: bool, paired: bool
+    scale: int,
+    patch: int,
+    per_image: int,
+    stride: int | None,
+    faces: bool,
+    paired: bool,
+    max_side: int | None,
 ) -> None:
+    if max_side is not None and max_side < patch:
+        raise ValueError(f"max_side {max_side} is smaller than the patch size {patch}")
+    if max_side is not None and paired:
+        raise ValueError("max_side would change the HR size that paired LR images must match")
     if scale < 1 or patch < 1 or patch % scale:
         raise ValueError(f"patch size {patch} must be a positive multiple of the scale {scale}")
     if stride is not None and stride < 1:
@@ -253,6 +274,7 @@ def pack_images(
     faces: bool = False,
     progress: bool = True,
     compression: str = "gzip",
+    max_side: int | None = None,
 ) -> PackSummary:
     """Pack images (files or folders) into an HDF5 patch file (layout: module docstring).
 
@@ -260,14 +282,16 @@ def pack_images(
     regular grid with ``stride``, or ``faces=True``: each image centre-cropped to a square and
     resized to ``patch x patch``. LR is ``imresize(HR, 1/scale)`` rounded to uint8, or with
     ``lr_dir`` the matching crop of the LR image of the same name (``0801.png`` or
-    ``0801x4.png``; HR crops are then aligned to multiples of ``scale``).
+    ``0801x4.png``; HR crops are then aligned to multiples of ``scale``). ``max_side``
+    first downscales (MATLAB bicubic) every image whose longer side exceeds it, e.g. 2048 to
+    bring 5K wallpapers to DIV2K's resolution, where patches carry detail.
 
     Unreadable, truncated or too small images are skipped and listed in the summary; an
     alpha channel is dropped with a note in ``summary.warnings``. Raises ``ValueError``
     (one line) for bad options or when no image could be packed.
     """
     started = time.perf_counter()
-    _check_options(scale, patch, per_image, stride, faces, lr_dir is not None)
+    _check_options(scale, patch, per_image, stride, faces, lr_dir is not None, max_side)
     files = collect_sources(sources)
     if not files:
         raise ValueError(f"no image files found (looked for {', '.join(IMAGE_SUFFIXES)})")
@@ -300,6 +324,7 @@ def pack_images(
                         seed=seed,
                         faces=faces,
                         lr_files=lr_files,
+                        max_side=max_side,
                         notes=notes,
                     )
                 except _SkipImage as reason:
@@ -320,6 +345,7 @@ def pack_images(
                     "mode": "faces" if faces else ("grid" if stride is not None else "random"),
                     "per_image": 1 if faces else (per_image if stride is None else 0),
                     "stride": stride or 0,
+                    "max_side": max_side or 0,
                     "seed": seed,
                     "sources": np.array(packed_sources, dtype=h5py.string_dtype()),
                 }

@@ -92,3 +92,36 @@ def test_a_text_file_is_named_as_not_a_torch_file(tmp_path):
     path.write_text("hello\n")  # the weights-only unpickler raises KeyError(101) on this
     with pytest.raises(CheckpointError, match="not a file written by torch.save"):
         load(path)
+
+
+def test_export_keeps_the_model_and_drops_the_training_state(trained, tmp_path):
+    from click.testing import CliRunner
+
+    from cinn_sr.checkpoint import export_weights
+    from cli import main
+
+    model, optimizer, lr, hr = trained
+    full = save_checkpoint(tmp_path / "last.pt", model, step=7, optimizer=optimizer.state_dict())
+    plain = export_weights(full, tmp_path / "plain.pt")
+    assert sorted(load_checkpoint(plain)) == ["config", "format", "model", "version"]
+    assert plain.stat().st_size < full.stat().st_size
+    with torch.no_grad():
+        torch.testing.assert_close(load(plain).nll(lr, hr), model.nll(lr, hr), rtol=0, atol=0)
+
+    result = CliRunner().invoke(main, ["export", str(full), "--out", str(tmp_path / "h.pt"), "--half"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"wrote {tmp_path / 'h.pt'} (") and "float16" in result.output
+    weights = load_checkpoint(tmp_path / "h.pt")["model"]
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    assert (tmp_path / "h.pt").stat().st_size < 0.6 * plain.stat().st_size
+    half = load(tmp_path / "h.pt")
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
+    g = torch.Generator()
+    torch.testing.assert_close(
+        half.sample(lr, 0.0, generator=g.manual_seed(1)),
+        model.sample(lr, 0.0, generator=g.manual_seed(1)),
+        rtol=0, atol=5e-3,
+    )
+
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "none.pt"), "--out", "x.pt"])
+    assert result.exit_code == 2 and "no such checkpoint file or shipped model" in result.output

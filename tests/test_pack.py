@@ -85,6 +85,37 @@ def test_grid_pack_takes_every_position(tmp_path, photo_paths):
         assert handle["lr"].shape[1:] == (48, 48, 3)
 
 
+def test_max_side_downscales_large_images_first(tmp_path, photo_paths):
+    from cinn_sr.datasets import read_image
+
+    large, small = read_image(photo_paths[0]), read_image(photo_paths[1])  # 512 and 451 wide
+    assert max(large.shape[:2]) > 480 >= max(small.shape[:2])
+    summary = pack_images(
+        photo_paths[:2], tmp_path / "g.h5", patch=64, stride=100, max_side=480, progress=False
+    )
+    factor = 480 / max(large.shape[:2])
+    shrunk = imresize(large, size=(round(large.shape[0] * factor), round(large.shape[1] * factor)))
+    assert max(shrunk.shape[:2]) == 480
+    with h5py.File(summary.out) as handle:
+        assert handle.attrs["max_side"] == 480
+        first = handle["source_index"][:] == 0
+        n_large = ((shrunk.shape[0] - 64) // 100 + 1) * ((shrunk.shape[1] - 64) // 100 + 1)
+        assert first.sum() == n_large
+        np.testing.assert_array_equal(handle["hr"][1], shrunk[:64, 100:164])
+        second = np.flatnonzero(~first)[0]
+        np.testing.assert_array_equal(handle["hr"][second], small[:64, :64])  # already small
+    for options in ({"max_side": 32}, {"max_side": 480, "lr_dir": tmp_path}):
+        with pytest.raises(ValueError, match="max_side"):
+            pack_images(photo_paths[:1], tmp_path / "x.h5", patch=64, progress=False, **options)
+    result = CliRunner().invoke(
+        main, ["pack", str(photo_paths[0]), "--out", str(tmp_path / "c.h5"), "--patch", "64",
+               "--per-image", "2", "--max-side", "300"],
+    )
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "c.h5") as handle:
+        assert handle.attrs["max_side"] == 300 and handle["hr"].shape[0] == 2
+
+
 def coordinate_image(height: int, width: int) -> np.ndarray:
     """Each pixel spells its own position: R = y mod 256, G = x mod 256, B = 16 (y // 256) + x // 256."""
     y, x = np.mgrid[:height, :width]
