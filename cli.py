@@ -166,6 +166,13 @@ def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, t
     except (ImageReadError, ValueError, OSError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary.line())
+    if summary.nonfinite:
+        from cinn_sr.sampling import NONFINITE_REMEDY
+
+        raise click.ClickException(
+            f"{len(summary.nonfinite)} of {len(summary.nonfinite) + len(summary.written)} samples "
+            f"had NaN/inf pixels and were not written: {NONFINITE_REMEDY}"
+        )
 
 
 @main.command("eval")
@@ -228,12 +235,21 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
     except (ImageReadError, LPIPSWeightsError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(format_table(result))
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} unreadable HR images: {'; '.join(result.skipped)}")
     if out is not None:
         try:
             json_path, csv_path = write_results(result, out)
         except OSError as error:
             raise click.ClickException(f"cannot write {out}: {error}") from None
         click.echo(f"wrote {json_path} and {csv_path}")
+    if result.nonfinite:
+        from cinn_sr.sampling import NONFINITE_REMEDY, describe_nonfinite
+
+        raise click.ClickException(
+            f"not scored, samples with NaN/inf pixels: {describe_nonfinite(result.nonfinite)}; "
+            f"{NONFINITE_REMEDY}"
+        )
 
 
 @main.command("convert")
@@ -414,6 +430,14 @@ def _run_edit(checkpoint: str, device: str, out: str, edit_images):
         raise click.ClickException(str(error)) from None
     except ValueError as error:  # sizes that do not fit the checkpoint's scale
         raise click.UsageError(str(error)) from None
+    from cinn_sr.sampling import NONFINITE_REMEDY, nonfinite_fraction
+
+    fraction = float(nonfinite_fraction(result.reshape(-1, *result.shape[-3:])).max())
+    if fraction > 0:
+        raise click.ClickException(
+            f"the result has NaN/inf in {100 * fraction:.1f} % of its pixels and was not "
+            f"written: {NONFINITE_REMEDY}"
+        )
     try:
         write_image(out, result.clamp(0, 1))
     except OSError as error:

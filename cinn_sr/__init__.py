@@ -1,34 +1,42 @@
-"""cinn-sr: conditional invertible neural networks for super-resolution (SRFlow on FrEIA)."""
+"""cinn-sr: conditional invertible neural networks for super-resolution (SRFlow on FrEIA).
 
+The public names below are imported on first use (PEP 562), so that `import cinn_sr` and
+the command line's `--help` do not pay for importing torch.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-
-from cinn_sr.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
-from cinn_sr.latent import (
-    content_transfer,
-    normalize_latents,
-    resample_region,
-    restore,
-    style_transfer,
-)
-from cinn_sr.model import SRFlow
-from cinn_sr.presets import PRESETS, SRFlowConfig
 
 try:
     __version__ = version("cinn-sr")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = [
-    "PRESETS",
-    "CheckpointError",
-    "SRFlow",
-    "SRFlowConfig",
-    "load",
-    "load_checkpoint",
-    "save_checkpoint",
-    "normalize_latents",
-    "resample_region",
-    "style_transfer",
-    "content_transfer",
-    "restore",
-]
+_PUBLIC = {
+    "PRESETS": "cinn_sr.presets",
+    "SRFlowConfig": "cinn_sr.presets",
+    "CheckpointError": "cinn_sr.checkpoint",
+    "load": "cinn_sr.checkpoint",
+    "load_checkpoint": "cinn_sr.checkpoint",
+    "save_checkpoint": "cinn_sr.checkpoint",
+    "SRFlow": "cinn_sr.model",
+    "normalize_latents": "cinn_sr.latent",
+    "resample_region": "cinn_sr.latent",
+    "style_transfer": "cinn_sr.latent",
+    "content_transfer": "cinn_sr.latent",
+    "restore": "cinn_sr.latent",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'cinn_sr' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -187,6 +187,8 @@ def _check_value(name: str, value: Any, hint: Any, source: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -291,6 +293,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (TOML is UTF-8)") from None
 
 
 def default_preset(cls: type[RunConfig], data: str | None) -> str:

@@ -23,10 +23,16 @@ import torch
 from tqdm import tqdm
 
 from cinn_sr import metrics
-from cinn_sr.datasets import ImageFolderPairs, list_images, read_image
+from cinn_sr.datasets import ImageFolderPairs, ImageReadError, list_images, read_image
 from cinn_sr.lpips import LPIPS, load_lpips
 from cinn_sr.model import SRFlow
-from cinn_sr.sampling import super_resolve
+from cinn_sr.sampling import (
+    NONFINITE_REMEDY,
+    NonFiniteOutputError,
+    describe_nonfinite,
+    nonfinite_fraction,
+    super_resolve,
+)
 
 __all__ = [
     "METRICS",
@@ -50,6 +56,10 @@ class EvaluationResult:
     metrics: tuple[str, ...]
     images: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    nonfinite: list[tuple[str, float]] = field(default_factory=list)
+    """Images left unscored because a sample had NaN/inf pixels: (name, worst fraction)."""
+    skipped: list[str] = field(default_factory=list)
+    """Unreadable (or too small) HR images, one reason each."""
 
     @property
     def mean(self) -> dict[str, float]:
@@ -59,11 +69,16 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         """``{"mean": ..., "images": [...], "settings": ...}`` with non-finite values as null."""
         clean = lambda row: {k: _finite_or_none(v) for k, v in row.items()}  # noqa: E731
-        return {
+        payload = {
             "mean": clean(self.mean),
             "images": [clean(image) for image in self.images],
             "settings": self.settings,
         }
+        if self.skipped:
+            payload["skipped"] = self.skipped
+        if self.nonfinite:
+            payload["nonfinite"] = [{"name": n, "fraction": f} for n, f in self.nonfinite]
+        return payload
 
 
 def _finite_or_none(value):
@@ -186,7 +201,11 @@ def evaluate_sr_folder(
         },
     )
     for index in _progress(range(len(pairs)), len(pairs), progress, "eval"):
-        name, hr, lr = pairs[index]
+        try:
+            name, hr, lr = pairs[index]
+        except ImageReadError as error:
+            result.skipped.append(str(error))
+            continue
         hr_u8, lr_u8 = metrics.to_uint8(hr), metrics.to_uint8(lr)
         sr = read_image(sr_files[name])
         height, width = hr_u8.shape[:2]
@@ -196,7 +215,14 @@ def evaluate_sr_folder(
                 f"(as {pairs.hr_files[index].name}, cropped to a multiple of {scale})"
             )
         result.images.append({"name": name, **scorer.score([sr[:height, :width]], hr_u8, lr_u8)})
+    _require_scored(result)
     return result
+
+
+def _require_scored(result: EvaluationResult) -> None:
+    """ImageReadError when every HR image was unreadable."""
+    if not result.images and not result.nonfinite:
+        raise ImageReadError(f"no readable HR image: {'; '.join(result.skipped[:5])}")
 
 
 def evaluate_model(
@@ -216,7 +242,9 @@ def evaluate_model(
     """Score ``samples`` SR samples per image of ``hr_dir`` drawn from ``model`` at ``temperature``.
 
     Each image's noise comes from ``torch.Generator().manual_seed(seed)`` (``sampling``).
-    ``diversity`` needs at least 2 samples (NTIRE 2021 uses 10).
+    ``diversity`` needs at least 2 samples (NTIRE 2021 uses 10). An image with a NaN/inf
+    pixel in any sample is not scored but listed in ``result.nonfinite``; when no image is
+    left, ``NonFiniteOutputError``.
     """
     names = _check_metrics(metric_names, with_model=True)
     if "diversity" in names and samples < 2:
@@ -238,7 +266,11 @@ def evaluate_model(
     )
     model.eval()
     for index in _progress(range(len(pairs)), len(pairs), progress, "eval"):
-        name, hr, lr = pairs[index]
+        try:
+            name, hr, lr = pairs[index]
+        except ImageReadError as error:
+            result.skipped.append(str(error))
+            continue
         sr = super_resolve(
             model,
             lr[None],
@@ -248,11 +280,21 @@ def evaluate_model(
             tile,
             tile_overlap,
         )[float(temperature)]
+        fraction = float(nonfinite_fraction(sr).max())
+        if fraction > 0:
+            result.nonfinite.append((name, fraction))
+            continue
         row = scorer.score(list(sr), metrics.to_uint8(hr), metrics.to_uint8(lr))
         if "nll_bpd" in names:
             with torch.inference_mode():
                 row["nll_bpd"] = float(model.nll(lr[None].to(device), hr[None].to(device))[0])
         result.images.append({"name": name, **{m: row[m] for m in names}})
+    _require_scored(result)
+    if not result.images and result.nonfinite:
+        raise NonFiniteOutputError(
+            f"every image has samples with NaN/inf pixels "
+            f"({describe_nonfinite(result.nonfinite)}): {NONFINITE_REMEDY}"
+        )
     return result
 
 

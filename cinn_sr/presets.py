@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 
 SCALE_FUNCTIONS = ("sigmoid", "softclamp")
@@ -52,6 +53,7 @@ class SRFlowConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "stack_blocks", tuple(int(b) for b in self.stack_blocks))
         if self.scale < 2 or self.scale & (self.scale - 1):
             raise ValueError(f"scale must be a power of two >= 2, got {self.scale}")
@@ -74,6 +76,28 @@ class SRFlowConfig:
             raise ValueError(
                 f"invconv must be one of {INVCONV_PARAMETERIZATIONS}, got {self.invconv!r}"
             )
+
+    def _check_types(self) -> None:
+        """ValueError naming the field for a value of the wrong kind (16.5 for `hidden`)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+                ok = ok and math.isfinite(value)
+            elif kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "str":
+                ok = isinstance(value, str)
+            else:  # stack_blocks: a sequence of integers
+                ok = not isinstance(value, (str, bytes)) and all(
+                    isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in value
+                )
+            if not ok:
+                expected = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+                            "str": "a string"}.get(kind, "a list of integers")
+                raise ValueError(f"{f.name} must be {expected}, got {value!r}")
 
     @property
     def cond_channels(self) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,27 @@ __all__ = [
     "output_name",
     "expand_inputs",
     "sample_files",
+    "nonfinite_fraction",
+    "NonFiniteOutputError",
+    "NONFINITE_REMEDY",
 ]
+
+NONFINITE_REMEDY = 'lower the temperature, or use a model trained with scale_fn = "softclamp"'
+
+
+class NonFiniteOutputError(ValueError):
+    """A model output has NaN or inf pixels: it is never written or scored."""
+
+
+def nonfinite_fraction(images: Tensor) -> Tensor:
+    """Per image of ``[N, C, H, W]``: the fraction of its pixels with a NaN or inf channel."""
+    return (~torch.isfinite(images)).any(dim=1).flatten(1).double().mean(1)
+
+
+def describe_nonfinite(items: Sequence[tuple[str, float]], shown: int = 5) -> str:
+    """``a.png (70.1 %), b.png (3.0 %)`` for (name, fraction) pairs, the first ``shown``."""
+    text = ", ".join(f"{name} ({100 * fraction:.1f} %)" for name, fraction in items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,8 @@ class SampleSummary:
     written: list[Path]
     out_dir: Path
     skipped: list[str]
+    nonfinite: list[tuple[str, float]] = field(default_factory=list)
+    """Samples not written because of NaN/inf pixels: (output name, fraction of pixels)."""
 
     def line(self) -> str:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
@@ -202,6 +224,11 @@ class SampleSummary:
         )
         if self.skipped:
             line += f"; skipped {_count(len(self.skipped), 'unreadable input')}: " + "; ".join(self.skipped)
+        if self.nonfinite:
+            line += (
+                f"; not written, with NaN/inf pixels: {_count(len(self.nonfinite), 'sample')} "
+                f"({describe_nonfinite(self.nonfinite)})"
+            )
         return line
 
 
@@ -280,6 +307,7 @@ def sample_files(
     Each image's noise comes from ``torch.Generator().manual_seed(seed)``, so a seed gives
     the same outputs for an image whatever else is sampled with it. Unreadable files are
     skipped and named in the summary; none readable at all is an ``ImageReadError``.
+    A sample with NaN or inf pixels is not written; the summary names it and the fraction.
     """
     files = expand_inputs(inputs)
     temperatures = tuple(dict.fromkeys(float(t) for t in temperatures))
@@ -287,6 +315,7 @@ def sample_files(
     model.eval()
     written: list[Path] = []
     skipped: list[str] = []
+    nonfinite: list[tuple[str, float]] = []
     for path in tqdm(files, desc="sample", unit="image", disable=not progress):
         try:
             rgb, gray, alpha = _read_with_mode(path)
@@ -298,11 +327,16 @@ def sample_files(
             model, lr, temperatures, n, torch.Generator().manual_seed(seed), tile, overlap
         )
         for temperature, batch in results.items():
+            fractions = nonfinite_fraction(batch)
             for index, sr in enumerate(batch):
+                name = output_name(path.stem, temperature, index)
+                if fractions[index] > 0:
+                    nonfinite.append((name, float(fractions[index])))
+                    continue
                 image = _as_output(sr, gray, alpha, model.config.scale)
-                written.append(
-                    write_image(out_dir / output_name(path.stem, temperature, index), image)
-                )
+                written.append(write_image(out_dir / name, image))
     if len(skipped) == len(files):
         raise ImageReadError(f"no readable input image: {'; '.join(skipped)}")
-    return SampleSummary(len(files) - len(skipped), temperatures, n, written, out_dir, skipped)
+    return SampleSummary(
+        len(files) - len(skipped), temperatures, n, written, out_dir, skipped, nonfinite
+    )

@@ -121,7 +121,10 @@ def validation_items(
             source = PatchDataset(val, augment=False, scale=scale)
         except ValueError as error:
             raise ConfigError(f"val: {error}") from None
-    return [source[i] for i in range(min(count, len(source)))]
+    try:
+        return [source[i] for i in range(min(count, len(source)))]
+    except ValueError as error:  # an unreadable or too small image of the folder
+        raise ConfigError(f"val: {error}") from None
 
 
 def batches_of_equal_size(items: list[tuple[Tensor, Tensor]]):

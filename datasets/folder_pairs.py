@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import list_images, read_image
+from .images import ImageReadError, list_images, read_image
 from .resize import imresize
 
 __all__ = ["ImageFolderPairs", "crop_to_multiple"]
@@ -67,6 +67,8 @@ class ImageFolderPairs(Dataset):
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor, torch.Tensor]:
         hr_path = self.hr_files[index]
         hr = crop_to_multiple(read_image(hr_path), self.scale)
+        if hr.size == 0:
+            raise ImageReadError(f"{hr_path.name}: smaller than the scale {self.scale}")
         if self.lr_files is None:
             lr = imresize(hr, 1 / self.scale)
         else:

@@ -85,6 +85,11 @@ def _read_pillow(path: Path) -> np.ndarray:
             return np.array(image)
     except UnidentifiedImageError as error:
         raise ImageReadError(f"{path.name}: not a recognised image file") from error
+    except Image.DecompressionBombError as error:  # a header declaring billions of pixels
+        raise ImageReadError(
+            f"{path.name}: too large to read safely (over {2 * Image.MAX_IMAGE_PIXELS} "
+            f"pixels, Pillow's decompression-bomb limit)"
+        ) from error
     except (OSError, SyntaxError, ValueError) as error:
         reason = "truncated file" if "truncated" in str(error).lower() else f"corrupt ({error})"
         raise ImageReadError(f"{path.name}: {reason}") from error

@@ -30,6 +30,7 @@ def read_patch_attrs(path: str | os.PathLike) -> dict[str, Any]:
             attrs = dict(handle.attrs)
             if attrs.get("format") != PATCH_FILE_FORMAT or "hr" not in handle or "lr" not in handle:
                 raise PatchFileError(f"{path.name} is not a cinn-sr patch file")
+            _check_layout(path.name, attrs, handle)
             attrs["length"] = int(handle["hr"].shape[0])
     except OSError as error:
         raise PatchFileError(f"{path.name} is not a cinn-sr patch file (not HDF5)") from error
@@ -39,6 +40,39 @@ def read_patch_attrs(path: str | os.PathLike) -> dict[str, Any]:
         elif isinstance(value, np.ndarray):
             attrs[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value]
     return attrs
+
+
+def _check_layout(name: str, attrs: dict[str, Any], handle: h5py.File) -> None:
+    """The attributes and datasets that `pack_images` writes, or a PatchFileError naming the
+    file and the field."""
+    for key in ("scale", "patch"):
+        value = attrs.get(key)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise PatchFileError(f"{name}: attribute '{key}' must be a positive integer, got {value!r}")
+    scale, patch = int(attrs["scale"]), int(attrs["patch"])
+    if patch % scale:
+        raise PatchFileError(f"{name}: attribute 'patch' {patch} is not a multiple of 'scale' {scale}")
+    counts = set()
+    for key, side in (("hr", patch), ("lr", patch // scale)):
+        data = handle[key]
+        if not isinstance(data, h5py.Dataset):
+            raise PatchFileError(f"{name}: '{key}' is not a dataset")
+        if data.dtype != np.uint8:
+            raise PatchFileError(
+                f"{name}: dataset '{key}' must be uint8 (0-255, as `cinn-sr pack` writes), "
+                f"got {data.dtype}"
+            )
+        if data.ndim != 4 or data.shape[1:] != (side, side, 3):
+            raise PatchFileError(
+                f"{name}: dataset '{key}' must be N x {side} x {side} x 3 (patch {patch}, "
+                f"scale {scale}), got {' x '.join(map(str, data.shape))}"
+            )
+        counts.add(data.shape[0])
+    if len(counts) > 1:
+        raise PatchFileError(
+            f"{name}: datasets 'hr' and 'lr' hold different numbers of patches "
+            f"({handle['hr'].shape[0]} and {handle['lr'].shape[0]})"
+        )
 
 
 def _to_float_chw(patch: np.ndarray) -> torch.Tensor:

@@ -10,22 +10,28 @@ from PIL import Image
 from skimage import data
 
 
+def _chunk(tag: bytes, payload: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(tag + payload))
+    return struct.pack(">I", len(payload)) + tag + payload + crc
+
+
 def write_png16_rgb(path: Path, rgb16: np.ndarray) -> None:
     """A 48-bit RGB PNG written by hand (Pillow cannot write one)."""
     height, width, _ = rgb16.shape
     rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(height))
-
-    def chunk(tag: bytes, payload: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(tag + payload))
-        return struct.pack(">I", len(payload)) + tag + payload + crc
-
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
     )
+
+
+def write_png_bomb(path: Path, side: int = 100_000) -> None:
+    """A 60-byte PNG whose header declares side x side pixels (a decompression bomb)."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IEND", b""))
 
 
 def make_odd_images(folder: Path) -> dict[str, np.ndarray]:
@@ -59,4 +65,5 @@ def make_odd_images(folder: Path) -> dict[str, np.ndarray]:
     whole = (folder / "truncated.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (folder / "notes.png").write_text("this is not an image\n")
+    write_png_bomb(folder / "bomb.png")
     return expected

@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import textwrap
 
 from click.testing import CliRunner
 
@@ -16,7 +19,38 @@ def test_version_and_help():
     assert "super-resolution" in result.output
 
 
-def test_train_out_under_a_file_is_a_one_line_error(tmp_path):
+def test_help_and_version_of_every_command_do_not_import_torch():
+    """`--help` and `--version` answer without torch's seconds-long import (issue: 3.4 s)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import click
+        from click.testing import CliRunner
+        import cli
+
+        def paths(command, prefix=()):
+            yield prefix
+            for name, sub in getattr(command, "commands", {}).items():
+                yield from paths(sub, (*prefix, name))
+
+        runner = CliRunner()
+        seen = 0
+        for path in paths(cli.main):
+            result = runner.invoke(cli.main, [*path, "--help"])
+            assert result.exit_code == 0 and "Usage:" in result.output, (path, result.output)
+            seen += 1
+        assert runner.invoke(cli.main, ["--version"]).exit_code == 0
+        assert "torch" not in sys.modules, "torch was imported"
+        print(seen)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 14  # main, pack, train, pretrain, sample, eval, edit *, ...
+
+
+def test_train_out_under_a_file_is_a_one_line_error(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("CINN_SR_CACHE", str(cache))  # packed already: no progress bar
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = CliRunner().invoke(

@@ -80,6 +80,14 @@ def test_toml_round_trip_and_hyphenated_keys(tmp_path):
         ({"batch_size": 5, "nproc": 2}, "'batch_size' must be divisible by nproc (2)"),
         ({"init": "a.pt", "encoder": "b.pt"}, "'encoder' cannot be combined with init"),
         ({"model": {"scale_fn": "tanh"}}, "bad [model] table: scale_fn must be one of"),
+        ({"lr": float("nan")}, "'lr' must be a finite number, got nan"),
+        ({"weight_decay": float("inf")}, "'weight_decay' must be a finite number, got inf"),
+        ({"betas": [0.9, float("nan")]}, "'betas' must be a finite number"),
+        ({"model": {"hidden": 16.5}}, "bad [model] table: hidden must be an integer, got 16.5"),
+        ({"model": {"clamp": float("nan")}}, "clamp must be a finite number, got nan"),
+        ({"model": {"K": True}}, "K must be an integer, got True"),
+        ({"model": {"stack_blocks": [0, 1.5]}}, "stack_blocks must be a list of integers"),
+        ({"model": {"split_every_level": 1}}, "split_every_level must be true or false"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors_naming_them(layer, message):
@@ -109,6 +117,28 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["pretrain", "--config", str(broken)])
     assert result.exit_code == 1 and "invalid TOML" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"lr = 1e-3\n\xff\xfe\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(binary)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {binary}: not a UTF-8 text file (TOML is UTF-8)"]
+
+
+def test_a_checkpoint_config_of_the_wrong_kind_names_file_and_field(tmp_path):
+    import torch
+
+    import cinn_sr
+
+    path = cinn_sr.save_checkpoint(tmp_path / "m.pt", cinn_sr.SRFlow.from_preset("tiny-4x"))
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["hidden"] = 16.5
+    torch.save(payload, path)
+    with pytest.raises(cinn_sr.CheckpointError) as error:
+        cinn_sr.load(path)
+    assert str(error.value) == f"{path}: invalid model config (hidden must be an integer, got 16.5)"
 
 
 def test_a_patch_file_picks_the_full_preset_of_its_scale(tmp_path):

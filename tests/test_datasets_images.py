@@ -43,6 +43,7 @@ def test_alpha_is_dropped_with_a_warning(odd_folder):
     [
         ("truncated.jpg", "truncated file"),
         ("notes.png", "not a recognised image"),
+        ("bomb.png", "too large to read safely"),
         ("gone.png", "no such file"),
     ],
 )

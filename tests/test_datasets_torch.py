@@ -115,3 +115,52 @@ def test_image_folder_pairs_bicubic_and_div2k_names(tmp_path):
         ImageFolderPairs(hr_dir, scale=4, lr_dir=lr_dir)
     with pytest.raises(ValueError, match="no images found"):
         ImageFolderPairs(tmp_path / "lr" / "..", scale=4)
+
+
+def _broken_copy(source, target, edit):
+    """A copy of the patch file `source` at `target` with `edit(handle)` applied."""
+    import shutil
+
+    shutil.copy(source, target)
+    with h5py.File(target, "r+") as handle:
+        edit(handle)
+    return target
+
+
+def _replace(name, values):
+    def edit(handle):
+        del handle[name]
+        handle[name] = values
+
+    return edit
+
+
+def test_refuses_patch_files_whose_layout_does_not_fit(tmp_path, patch_file):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    with h5py.File(patch_file) as handle:
+        hr, lr = handle["hr"][:], handle["lr"][:]
+    cases = {
+        "float": (_replace("hr", hr.astype(np.float32) / 255), "dataset 'hr' must be uint8"),
+        "lr_size": (_replace("lr", lr[:, :-1, :-1]), "dataset 'lr' must be N x 16 x 16 x 3"),
+        "counts": (_replace("lr", lr[:-1]), "hold different numbers of patches"),
+        "three_d": (_replace("hr", hr[..., 0]), "dataset 'hr' must be N x 64 x 64 x 3"),
+        "rgba": (_replace("hr", np.concatenate([hr, hr[..., :1]], -1)), "x 64 x 64 x 4"),
+        "no_scale": (lambda h: h.attrs.__delitem__("scale"), "attribute 'scale' must be a positive"),
+        "bad_patch": (lambda h: h.attrs.__setitem__("patch", 62), "'patch' 62 is not a multiple"),
+    }
+    assert hr.shape[1:] == (64, 64, 3) and len(hr) > 4
+    for name, (edit, message) in cases.items():
+        path = _broken_copy(patch_file, tmp_path / f"{name}.h5", edit)
+        with pytest.raises(PatchFileError, match=message) as error:
+            PatchDataset(path)
+        assert str(error.value).startswith(f"{name}.h5: ") and "\n" not in str(error.value)
+    result = CliRunner().invoke(
+        main, ["train", str(tmp_path / "float.h5"), "--preset", "tiny-4x", "--iterations", "1",
+               "--out", str(tmp_path / "run")],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: patch file: float.h5: dataset 'hr' must be uint8")
+    assert not (tmp_path / "run").exists()

@@ -169,11 +169,12 @@ def test_bad_inputs_are_converted_or_skipped(tmp_path, photo_paths):
     summary = pack_images([odd, photo_paths[0]], tmp_path / "odd.h5", per_image=2, progress=False)
     assert summary.images == 6 and summary.patches == 12
     skipped = dict(summary.skipped)
-    assert set(skipped) == {"notes.png", "tiny.png", "truncated.jpg"}
+    assert set(skipped) == {"bomb.png", "notes.png", "tiny.png", "truncated.jpg"}
+    assert "decompression-bomb limit" in skipped["bomb.png"]
     assert skipped["truncated.jpg"] == "truncated file"
     assert "smaller than the 160x160 patch" in skipped["tiny.png"]
     assert summary.warnings == ["rgba.png: alpha channel dropped"]
-    assert "skipped 3: notes.png" in summary.line()
+    assert "skipped 4: bomb.png" in summary.line()
     with h5py.File(summary.out) as handle:
         assert set(handle.attrs["sources"]) == {
             "gray.png",
