@@ -123,6 +123,9 @@ def _load_model(checkpoint: str, device: str):
 
     try:
         target = resolve_device(device)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--device'") from None
+    try:
         model = cinn_sr.load(checkpoint, map_location=target).to(target).eval()
     except (cinn_sr.CheckpointError, ValueError) as error:
         raise click.ClickException(str(error)) from None
@@ -349,7 +352,10 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
             from cinn_sr.pretrain import pretrain
 
             result = pretrain(config, checkpoint, payload)
-    except (ConfigError, cinn_sr.CheckpointError, RunFolderError, TrainingStopped, OSError) as error:
+    except ConfigError as error:
+        exception = click.UsageError if error.from_command_line else click.ClickException
+        raise exception(str(error)) from None
+    except (cinn_sr.CheckpointError, RunFolderError, TrainingStopped, OSError) as error:
         raise click.ClickException(str(error)) from None
     except Exception as error:
         if type(error).__name__ == "ChildFailedError":

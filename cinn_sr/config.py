@@ -37,10 +37,19 @@ GAUSSIAN_NOISE_SIGMA = 4.0 / math.sqrt(3.0) / 255.0
 """Std of the paper's Gaussian dequantisation noise on HR values in [0, 1]."""
 
 NOISE_KINDS = ("gaussian", "uniform", "none")
+COMMAND_LINE = "command line"
+"""The source name of command-line values in error messages."""
 
 
 class ConfigError(ValueError):
-    """A bad key or value in a configuration; the message is one line naming the key."""
+    """A bad key or value in a configuration; the message is one line naming the key.
+
+    `from_command_line` is true when the value came from the command line (a usage error).
+    """
+
+    def __init__(self, message: str, from_command_line: bool = False) -> None:
+        super().__init__(message)
+        self.from_command_line = from_command_line
 
 
 @dataclass
@@ -168,7 +177,10 @@ def _check_value(name: str, value: Any, hint: Any, source: str) -> Any:
     """`value` converted to the field's type, or a ConfigError naming `name` and `source`."""
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: '{name}' must be {expected}, got {value!r}")
+        return ConfigError(
+            f"{source}: '{name}' must be {expected}, got {value!r}",
+            from_command_line=source == COMMAND_LINE,
+        )
 
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -234,7 +246,10 @@ def _validate(config: RunConfig, sources: Mapping[str, str]) -> None:
 
     def fail(key: str, why: str) -> None:
         source = sources.get(key, "preset defaults")
-        raise ConfigError(f"{source}: '{key}' {why}, got {getattr(config, key)!r}")
+        raise ConfigError(
+            f"{source}: '{key}' {why}, got {getattr(config, key)!r}",
+            from_command_line=source == COMMAND_LINE,
+        )
 
     if config.preset not in PRESETS:
         fail("preset", f"must be one of {', '.join(PRESETS)}")
@@ -324,7 +339,7 @@ def resolve(
     """
     file_layer = _check_layer(cls, file or {}, file_name)
     cli_layer = _check_layer(
-        cls, {k: v for k, v in (cli or {}).items() if v is not None}, "command line"
+        cls, {k: v for k, v in (cli or {}).items() if v is not None}, COMMAND_LINE
     )
     base_layer = _check_layer(cls, base or {}, "checkpoint configuration")
     merged = {**base_layer, **file_layer, **cli_layer}
@@ -335,7 +350,7 @@ def resolve(
     }
     sources = {key: "checkpoint configuration" for key in base_layer}
     sources.update({key: file_name for key in file_layer})
-    sources.update({key: "command line" for key in cli_layer})
+    sources.update({key: COMMAND_LINE for key in cli_layer})
     preset = merged.get("preset") or default_preset(cls, merged.get("data"))
     if preset not in PRESETS:
         raise ConfigError(

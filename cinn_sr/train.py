@@ -10,6 +10,7 @@ and 95 % of the iterations; a pre-trained encoder (`encoder`) is frozen for the 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 
 from cinn_sr.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from cinn_sr.config import (
+    FULL_PRESETS,
     GAUSSIAN_NOISE_SIGMA,
     ConfigError,
     PretrainConfig,
@@ -37,6 +39,7 @@ from cinn_sr.distributed import ProcessInfo, broadcast_object, init_process, shu
 from cinn_sr.loop import ResumeState, Task, run_loop, seed_everything
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import SRFlow
+from cinn_sr.presets import PRESETS
 from cinn_sr.runs import new_run_folder, prepare_run_folder
 
 SAMPLE_TEMPERATURES = (0.0, 0.5, 0.9)
@@ -284,7 +287,10 @@ def resume_path(resume: str, out: str | None) -> Path:
     if resume != "last":
         return Path(resume)
     if out is None:
-        raise ConfigError("--resume without a checkpoint needs --out DIR (resumes DIR/last.pt)")
+        raise ConfigError(
+            "--resume without a checkpoint needs --out DIR (resumes DIR/last.pt)",
+            from_command_line=True,
+        )
     return Path(out) / "last.pt"
 
 
@@ -379,6 +385,8 @@ def run_task(
         elif encoder_state is not None:
             load_encoder_weights(model, encoder_state, encoder_file)
         model.to(info.device)
+        if info.is_main:
+            warn_if_slow_on_cpu(config, model, info.device)
         seed_everything(config.seed + 1 + info.rank)
         val = config.val or default_val
         items = validation_items(val, train_set, config.val_count, model.config.scale)
@@ -396,6 +404,19 @@ def run_task(
     finally:
         if own_group:
             shutdown(info)
+
+
+def warn_if_slow_on_cpu(config: RunConfig, model: SRFlow, device: torch.device) -> None:
+    """A full-size preset on the CPU takes days: say so (a warning) and name the small ones."""
+    if device.type != "cpu" or config.preset not in FULL_PRESETS:
+        return
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    small = ", ".join(name for name in PRESETS if name not in FULL_PRESETS)
+    warnings.warn(
+        f"{config.preset} ({millions:.1f} M parameters, {config.iterations} steps) on the CPU "
+        f"takes days; the small presets ({small}) train on a CPU in minutes to hours",
+        stacklevel=2,
+    )
 
 
 def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None) -> Task:

@@ -88,3 +88,21 @@ def test_library_warnings_print_as_one_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "warning: rgba.png: alpha channel dropped" in done.stderr
     assert "UserWarning" not in done.stderr and ".py:" not in done.stderr
+
+
+def test_train_usage_errors_found_after_parsing_exit_2(tmp_path):
+    cases = [
+        (["--resume"], "--resume without a checkpoint needs --out DIR"),
+        (["--device", "tpu"], "command line: 'device' must be auto, cpu, cuda or cuda:N"),
+        (["--batch-size", "3", "--nproc", "2"], "'batch_size' must be divisible by nproc (2)"),
+    ]
+    for command in ("train", "pretrain"):
+        for args, message in cases:
+            result = CliRunner().invoke(main, [command, *args, "--iterations", "1"])
+            assert result.exit_code == 2, (args, result.output)
+            last = result.output.strip().splitlines()[-1]
+            assert last.startswith("Error: ") and message in last, (args, last)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('device = "tpu"\n')
+    result = CliRunner().invoke(main, ["train", "--config", str(bad)])
+    assert result.exit_code == 1 and f"{bad}: 'device'" in result.output  # a file's error

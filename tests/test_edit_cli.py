@@ -130,7 +130,7 @@ def test_an_unreadable_image_is_a_one_line_error(files, tmp_path):
 def test_bad_device_temperature_and_output_are_one_line_errors(files, tmp_path):
     base = ["restore", files["ckpt"], files["image"]]
     cases = [
-        (["--out", str(tmp_path / "x.png"), "--device", "nonsense"], 1, "nonsense"),
+        (["--out", str(tmp_path / "x.png"), "--device", "nonsense"], 2, "nonsense"),
         (["--out", str(tmp_path / "x.png"), "--temperature", "nan"], 2, "finite"),
         (["--out", files["mask"] + "/x.png"], 1, "mask.png"),
     ]

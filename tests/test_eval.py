@@ -224,7 +224,7 @@ def test_eval_bad_device_temperature_and_output_are_one_line_errors(folders, che
     blocker = tmp_path / "file"
     blocker.write_text("")
     cases = [
-        (["--device", "nonsense"], 1, "nonsense"),
+        (["--device", "nonsense"], 2, "nonsense"),
         (["--temperature", "nan", "--device", "cpu"], 2, "finite"),
         (["--psnr", "--device", "cpu", "--out", blocker / "scores.json"], 1, "scores.json"),
     ]

@@ -153,7 +153,7 @@ def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model,
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr)
     base = ["sample", str(checkpoint), str(lr)]
     cases = [
-        (["--out", str(tmp_path / "o"), "--device", "nonsense"], 1, "nonsense"),
+        (["--out", str(tmp_path / "o"), "--device", "nonsense"], 2, "nonsense"),
         (["--out", str(tmp_path / "o"), "--temperature", "nan"], 2, "finite"),
         (["--out", str(tmp_path / "o"), "--temperature", "inf"], 2, "finite"),
         (["--out", str(tmp_path / "o"), "--seed", str(10**23)], 2, "--seed"),

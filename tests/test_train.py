@@ -244,3 +244,19 @@ def test_cli_train_with_an_unusable_val_leaves_no_run_folder(env_cache, tmp_path
     )
     assert result.exit_code == 1 and "no images found" in result.output, result.output
     assert not out.exists()
+
+
+def test_a_full_preset_on_the_cpu_warns_and_names_the_small_presets():
+    import warnings
+
+    from cinn_sr.train import warn_if_slow_on_cpu
+
+    full = resolve(TrainConfig, cli={"preset": "div2k-4x"})
+    model = SRFlow.from_preset("div2k-4x")
+    with pytest.warns(UserWarning, match=r"div2k-4x \(39.3 M parameters, 200000 steps\) on the CPU takes days"):
+        warn_if_slow_on_cpu(full, model, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_slow_on_cpu(full, model, torch.device("cuda"))
+        small = resolve(TrainConfig, cli={"preset": "small-4x"})
+        warn_if_slow_on_cpu(small, SRFlow.from_preset("small-4x"), torch.device("cpu"))
