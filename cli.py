@@ -40,11 +40,26 @@ def _checkpoint_argument(value: str) -> str:
     return CHECKPOINT.convert(value, click.Argument(["ckpt"], metavar="CKPT"), None)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    """Delete this process's temporary files and exit 143 at once (an exception raised here
+    could land in a weakref callback, where Python swallows it)."""
+    from cinn_sr.datasets.atomic import remove_own_temporaries
+
+    remove_own_temporaries()
+    os._exit(128 + signum)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(cinn_sr.__version__, prog_name="cinn-sr")
 def main() -> None:
     """cinn-sr: conditional invertible networks (SRFlow) for super-resolution."""
+    import signal
+    import threading
     import warnings
+
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM leaves no temporary file behind, like Ctrl-C
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     # one line per warning (the library's "alpha channel dropped" ...), without Python's
     # source path and code line

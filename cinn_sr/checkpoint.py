@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from cinn_sr.datasets.atomic import atomic_path
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS, SRFlowConfig
 from cinn_sr.shipped import resolve_checkpoint
@@ -50,17 +50,9 @@ def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
 
 
 def _save_payload(path: str | os.PathLike, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as temp:
+        torch.save(payload, temp)
+    return Path(path)
 
 
 def export_weights(src: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:

@@ -31,6 +31,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.presets import PRESETS, SRFlowConfig
 
 GAUSSIAN_NOISE_SIGMA = 4.0 / math.sqrt(3.0) / 255.0
@@ -377,7 +378,4 @@ def to_toml_dict(config: RunConfig) -> dict[str, Any]:
 
 def write_toml(config: RunConfig, path: str | Path) -> None:
     """Write the resolved configuration atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tomli_w.dumps(to_toml_dict(config)))
-    tmp.replace(path)
+    atomic_write_text(path, tomli_w.dumps(to_toml_dict(config)))

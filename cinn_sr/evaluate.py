@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from cinn_sr import metrics
 from cinn_sr.datasets import ImageFolderPairs, ImageReadError, list_images, read_image
+from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.lpips import LPIPS, load_lpips
 from cinn_sr.model import SRFlow
 from cinn_sr.sampling import (
@@ -298,30 +298,20 @@ def evaluate_model(
     return result
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_results(result: EvaluationResult, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``path`` (JSON) and the CSV beside it (same stem): one row per image, then ``mean``."""
     json_path = Path(path)
     csv_path = json_path.with_suffix(".csv")
-    _atomic_write(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     rows = [*result.images, {"name": "mean", **result.mean}]
     lines = [["name", *result.metrics]] + [
         [row["name"], *(repr(float(row[m])) for m in result.metrics)] for row in rows
     ]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(lines)
-    _atomic_write(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     return json_path, csv_path
 
 

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinn_sr.datasets.atomic import atomic_path
+
 __all__ = [
     "LPIPS",
     "LPIPSWeightsError",
@@ -318,11 +320,6 @@ def provision_weights(
             raise LPIPSWeightsError(f"no such file: {file}")
         state = _read_any(file, Path(heads) if heads is not None else None)
     LPIPS().load_state_dict(state)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as handle:
-        torch.save({"format": FORMAT, "state_dict": state}, handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, target)
+    with atomic_path(target) as temp:
+        torch.save({"format": FORMAT, "state_dict": state}, temp)
     return target

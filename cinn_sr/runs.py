@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cinn_sr.datasets.atomic import atomic_path, atomic_write_text
+
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (one line)."""
@@ -54,11 +56,15 @@ def prepare_run_folder(out: str | Path, resuming: bool) -> Path:
     return out
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy `src` to `dst` through a temporary file and a rename."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def atomic_link(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src` (a hard link: the bytes are stored once; a copy on
+    file systems without links), replacing `dst` atomically."""
+    with atomic_path(dst) as temp:
+        temp.unlink()
+        try:
+            os.link(src, temp)
+        except OSError:
+            shutil.copyfile(src, temp)
 
 
 class MetricsLog:
@@ -75,9 +81,7 @@ class MetricsLog:
             line for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -101,9 +105,9 @@ class CheckpointRotation:
         """`save(path)` writes the checkpoint file (atomically); then last/best are updated."""
         path = self.folder / f"step_{step:07d}.pt"
         save(path)
-        atomic_copy(path, self.out / "last.pt")
+        atomic_link(path, self.out / "last.pt")
         if is_best:
-            atomic_copy(path, self.out / "best.pt")
+            atomic_link(path, self.out / "best.pt")
         for old in sorted(self.folder.glob("step_*.pt"))[: -self.keep]:
             old.unlink()
         return path

@@ -8,13 +8,14 @@ images are scaled to 8 bits (``round(v * 255 / max)``), palette/CMYK images are 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .atomic import atomic_path
 
 __all__ = ["ImageReadError", "IMAGE_SUFFIXES", "read_image", "write_image", "list_images"]
 
@@ -134,13 +135,6 @@ def _as_uint8_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def make_world_readable(path: str | os.PathLike) -> None:
-    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the usual ``0666 & ~umask``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
     """Write an image atomically (temporary file in the same folder, then ``os.replace``).
 
@@ -151,14 +145,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Pa
     path = Path(path)
     array = _as_uint8_hwc(image)
     file_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(array).save(stream, format=file_format)
-        make_world_readable(temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        Image.fromarray(array).save(temp, format=file_format)
     return path

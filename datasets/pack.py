@@ -17,7 +17,6 @@ renamed when complete; on any error or interruption the temporary file is remove
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .images import IMAGE_SUFFIXES, ImageReadError, list_images, make_world_readable, read_image
+from .atomic import atomic_path
+from .images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from .resize import imresize
 
 __all__ = ["PATCH_FILE_FORMAT", "PATCH_FILE_VERSION", "PackSummary", "pack_images"]
@@ -301,61 +301,52 @@ def pack_images(
             raise FileNotFoundError(f"{lr_dir}: no such folder")
         lr_files = _lr_index(Path(lr_dir), scale)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle_fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle_fd)
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
     packed_sources: list[str] = []
-    try:
-        with h5py.File(temp_name, "w", libver="v108") as handle:
-            _create_datasets(handle, patch, patch // scale, compression)
-            for index, path in enumerate(
-                tqdm(files, desc="pack", unit="img", disable=not progress)
-            ):
-                try:
-                    hr, lr = _patches_of(
-                        path,
-                        index,
-                        scale=scale,
-                        patch=patch,
-                        per_image=per_image,
-                        stride=stride,
-                        seed=seed,
-                        faces=faces,
-                        lr_files=lr_files,
-                        max_side=max_side,
-                        notes=notes,
-                    )
-                except _SkipImage as reason:
-                    skipped.append((path.name, str(reason)))
-                    continue
-                _append(handle, hr, lr, len(packed_sources))
-                packed_sources.append(path.name)
-            if not packed_sources:
-                raise ValueError(f"no image could be packed: {_list_skipped(skipped, '; ')}")
-            handle.attrs.update(
-                {
-                    "format": PATCH_FILE_FORMAT,
-                    "format_version": PATCH_FILE_VERSION,
-                    "version": _package_version(),
-                    "scale": scale,
-                    "patch": patch,
-                    "degradation": "paired" if lr_files is not None else "bicubic",
-                    "mode": "faces" if faces else ("grid" if stride is not None else "random"),
-                    "per_image": 1 if faces else (per_image if stride is None else 0),
-                    "stride": stride or 0,
-                    "max_side": max_side or 0,
-                    "seed": seed,
-                    "sources": np.array(packed_sources, dtype=h5py.string_dtype()),
-                }
-            )
-            count = handle["hr"].shape[0]
-        make_world_readable(temp_name)
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as temp_name, h5py.File(temp_name, "w", libver="v108") as handle:
+        _create_datasets(handle, patch, patch // scale, compression)
+        for index, path in enumerate(
+            tqdm(files, desc="pack", unit="img", disable=not progress)
+        ):
+            try:
+                hr, lr = _patches_of(
+                    path,
+                    index,
+                    scale=scale,
+                    patch=patch,
+                    per_image=per_image,
+                    stride=stride,
+                    seed=seed,
+                    faces=faces,
+                    lr_files=lr_files,
+                    max_side=max_side,
+                    notes=notes,
+                )
+            except _SkipImage as reason:
+                skipped.append((path.name, str(reason)))
+                continue
+            _append(handle, hr, lr, len(packed_sources))
+            packed_sources.append(path.name)
+        if not packed_sources:
+            raise ValueError(f"no image could be packed: {_list_skipped(skipped, '; ')}")
+        handle.attrs.update(
+            {
+                "format": PATCH_FILE_FORMAT,
+                "format_version": PATCH_FILE_VERSION,
+                "version": _package_version(),
+                "scale": scale,
+                "patch": patch,
+                "degradation": "paired" if lr_files is not None else "bicubic",
+                "mode": "faces" if faces else ("grid" if stride is not None else "random"),
+                "per_image": 1 if faces else (per_image if stride is None else 0),
+                "stride": stride or 0,
+                "max_side": max_side or 0,
+                "seed": seed,
+                "sources": np.array(packed_sources, dtype=h5py.string_dtype()),
+            }
+        )
+        count = handle["hr"].shape[0]
     return PackSummary(
         out=out,
         patches=count,
