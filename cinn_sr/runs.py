@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import shutil
@@ -43,17 +44,62 @@ def new_run_folder(label: str, root: str | Path = "runs") -> Path:
             n += 1
 
 
-def prepare_run_folder(out: str | Path, resuming: bool) -> Path:
-    """Create `out` for a new run, refusing a folder that already holds another run."""
+class RunFolderLock:
+    """The exclusive right to train in a run folder: `flock` on `OUT/.lock` (the kernel
+    releases it when the process ends, however it ends)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or RunFolderError naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderError(
+                f"{self.path.parent} is in use by another run (process {holder}): wait for it "
+                "to end or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def prepare_run_folder(out: str | Path, resuming: bool, lock: RunFolderLock | None = None) -> Path:
+    """Create `out` for a run, refusing a folder that already holds another run; with `lock`,
+    take it first (a folder another process trains in is refused)."""
     out = Path(out)
-    if not resuming and (out / "last.pt").exists():
-        raise RunFolderError(
-            f"{out} already holds a run (last.pt): pass --resume to continue it, "
-            "or choose another --out"
-        )
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        lock.acquire()
+    try:
+        if not resuming and (out / "last.pt").exists():
+            raise RunFolderError(
+                f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                "or choose another --out"
+            )
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     return out
+
+
+def latest_checkpoint_step(out: Path) -> int | None:
+    """The step of the newest step checkpoint in `out/checkpoints`, None when there is none."""
+    steps = [int(p.stem.removeprefix("step_")) for p in (out / "checkpoints").glob("step_*.pt")]
+    return max(steps, default=None)
 
 
 def atomic_link(src: Path, dst: Path) -> None:
@@ -79,7 +125,7 @@ class MetricsLog:
             return
         kept = [
             line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
+            if (record := _record(line)) is not None and record.get("step", 0) <= step
         ]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
@@ -89,9 +135,19 @@ class MetricsLog:
             f.flush()
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    """One line's record; None for a blank or cut line (a killed writer's last line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All complete records of a metrics.jsonl file."""
+    records = (_record(line) for line in Path(path).read_text().splitlines())
+    return [record for record in records if record is not None]
 
 
 class CheckpointRotation:

@@ -10,6 +10,7 @@ and 95 % of the iterations; a pre-trained encoder (`encoder`) is frozen for the 
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,13 @@ from cinn_sr.loop import ResumeState, Task, run_loop, seed_everything
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS
-from cinn_sr.runs import new_run_folder, prepare_run_folder
+from cinn_sr.runs import (
+    RunFolderError,
+    RunFolderLock,
+    latest_checkpoint_step,
+    new_run_folder,
+    prepare_run_folder,
+)
 
 SAMPLE_TEMPERATURES = (0.0, 0.5, 0.9)
 GRID_ROWS = 4
@@ -317,6 +324,13 @@ def resolve_for_resume(
             f"{checkpoint} is at step {step}: iterations {config.iterations} leaves nothing to "
             "train; give a larger --iterations"
         )
+    latest = latest_checkpoint_step(Path(config.out))
+    if isinstance(step, int) and latest is not None and latest > step:
+        raise RunFolderError(
+            f"{checkpoint} is at step {step} but {config.out} holds checkpoints up to step "
+            f"{latest}: continuing there would drop the newer steps; resume "
+            f"{Path(config.out) / 'last.pt'}, or fork this one into a new folder with --out"
+        )
     return config, payload
 
 
@@ -330,16 +344,18 @@ def run_label(config: RunConfig) -> str:
 
 def setup_run(
     config: RunConfig, info: ProcessInfo, resuming: bool
-) -> Path:
-    """Rank 0 picks/creates the run folder and writes config.toml; all ranks learn it."""
-    out = None
+) -> tuple[Path, RunFolderLock | None]:
+    """Rank 0 picks/creates the run folder, locks it and writes config.toml; all ranks learn
+    the folder. Returns it and rank 0's lock."""
+    lock = None
     if info.is_main:
         out = Path(config.out) if config.out else new_run_folder(run_label(config))
-        prepare_run_folder(out, resuming)
+        lock = RunFolderLock(out)
+        prepare_run_folder(out, resuming, lock)
         config.out = str(out)
         write_toml(config, out / "config.toml")
     config.out = broadcast_object(config.out, info)
-    return Path(config.out)
+    return Path(config.out), lock
 
 
 @dataclass
@@ -369,6 +385,7 @@ def run_task(
             info = init_process(config.device)
         except ValueError as error:
             raise ConfigError(f"device: {error}") from None
+    out, lock, new_folder = None, None, False
     try:
         train_set, default_val = training_data(config, info)
         whole = payload["model"] if payload is not None else None
@@ -390,7 +407,8 @@ def run_task(
         seed_everything(config.seed + 1 + info.rank)
         val = config.val or default_val
         items = validation_items(val, train_set, config.val_count, model.config.scale)
-        out = setup_run(config, info, resuming=payload is not None)  # after the inputs are read
+        new_folder = config.out is None or not Path(config.out).exists()
+        out, lock = setup_run(config, info, payload is not None)  # after the inputs are read
         task = build(model, config, items, out if info.is_main else None)
         if val is None:
             task.best_key = None
@@ -401,7 +419,13 @@ def run_task(
         return RunResult(
             out, summary["step"], summary["skipped"], summary["validation"], model
         )
+    except BaseException:
+        if info.is_main and out is not None and new_folder and not (out / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a failed start leaves no run folder
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         if own_group:
             shutdown(info)
 
