@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -16,10 +18,23 @@ def read_rgb(path: str | os.PathLike, device: torch.device | str = "cpu") -> tor
 
 
 def read_mask(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A mask image as a bool [H, W] tensor: inside where the gray value (mean of the colour
-    channels of a colour file) is above 127."""
-    gray = torch.from_numpy(read_image(path)).float().mean(-1)
-    return (gray > 127).to(device)
+    """A mask image as a bool [H, W] tensor: inside where the grey value is above 127 (white
+    marks the region to edit). A colour mask (warned about) counts a pixel inside when any
+    channel is above 127; a mask with no pixel inside is a ValueError (the edit would change
+    nothing)."""
+    pixels = torch.from_numpy(read_image(path))
+    if not (pixels == pixels[..., :1]).all():
+        warnings.warn(
+            f"{Path(path).name}: the mask is not grey; inside is where any channel is above 127",
+            stacklevel=2,
+        )
+    inside = pixels.amax(-1) > 127
+    if not inside.any():
+        raise ValueError(
+            f"{Path(path).name}: no pixel of the mask is above 127 (white marks the region to "
+            "edit), so the edit would change nothing"
+        )
+    return inside.to(device)
 
 
 def _size(tensor: torch.Tensor) -> str:

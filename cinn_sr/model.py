@@ -68,8 +68,42 @@ class SRFlow(nn.Module):
         m = self.config.lr_multiple
         return (-lr.shape[-2]) % m, (-lr.shape[-1]) % m
 
+    def _check_image(self, name: str, x: Tensor) -> None:
+        """ValueError for a tensor that is not an N x C x H x W float batch of [0, 1] images."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be N x C x H x W, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor in [0, 1], got {x.dtype}")
+        if x.shape[0] == 0 or x.shape[-1] == 0 or x.shape[-2] == 0:
+            raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"{name} has {x.shape[1]} channels, the model takes {self.config.in_channels}"
+            )
+        low, high = float(x.min()), float(x.max())
+        if low < -0.5 or high > 1.5:  # dequantisation noise and restore inputs stay near [0, 1]
+            hint = ": a 0-255 image? divide it by 255" if high > 2 else ""
+            raise ValueError(f"{name} values must lie in [0, 1], got [{low:.4g}, {high:.4g}]{hint}")
+
+    def _check_latents(self, lr: Tensor, latents: list[Tensor]) -> None:
+        s = self.config.scale
+        shapes = self.latent_shapes(lr.shape[-2] * s, lr.shape[-1] * s)
+        given = [tuple(z.shape) for z in latents]
+        batch = given[0][0] if given and len(given[0]) == 4 else 0
+        expected = [(batch, *shape) for shape in shapes]
+        if given != expected or batch == 0 or batch % lr.shape[0]:
+            raise ValueError(
+                f"latents for an LR of {lr.shape[-2]}x{lr.shape[-1]} must have the shapes "
+                f"N x {', N x '.join(' x '.join(map(str, shape)) for shape in shapes)} with N a "
+                f"multiple of the LR batch {lr.shape[0]}, got {given}"
+            )
+
     def _check_pair(self, lr: Tensor, hr: Tensor) -> None:
         s = self.config.scale
+        self._check_image("LR", lr)
+        self._check_image("HR", hr)
         if lr.dim() != 4 or hr.dim() != 4:
             raise ValueError(f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}")
         if tuple(hr.shape[-2:]) != (lr.shape[-2] * s, lr.shape[-1] * s):
@@ -96,6 +130,7 @@ class SRFlow(nn.Module):
 
     def condition(self, lr: Tensor) -> list[Tensor]:
         """The encoder's per-level conditions for the (padded) LR batch; reusable via cond=."""
+        self._check_image("LR", lr)
         pad_h, pad_w = self._lr_padding(lr)
         return self.encoder(_pad(lr, pad_h, pad_w))
 
@@ -156,6 +191,8 @@ class SRFlow(nn.Module):
         The latent batch may be n times the LR batch: latent row i uses LR image i // n.
         """
         self._require_initialized()
+        self._check_image("LR", lr)
+        self._check_latents(lr, list(latents))
         out, _ = self.flow(list(latents), c=self._condition(lr, cond), rev=True, jac=False)
         s = self.config.scale
         return out[0][..., : lr.shape[-2] * s, : lr.shape[-1] * s]

@@ -150,3 +150,26 @@ def test_an_rgba_input_gives_a_one_line_warning(files, tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: rgba.png: alpha channel dropped" in result.output
     assert "UserWarning" not in result.output and "edit_files.py" not in result.output
+
+
+def test_an_empty_mask_is_refused_and_a_colour_mask_is_warned_about(files, tmp_path):
+    empty, red = tmp_path / "empty.png", tmp_path / "red.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8), mode="L").save(empty)
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[16:40, 24:48, 0] = 255  # painted red: its grey mean (85) would select nothing
+    Image.fromarray(colour).save(red)
+    for command in (("resample", files["ckpt"], files["image_lr"], files["image"]),
+                    ("content", files["ckpt"], files["image_lr"], files["image"], files["image"])):
+        result = _edit(*command, str(empty), "--out", str(tmp_path / "x.png"))
+        assert result.exit_code == 2, result.output
+        assert "empty.png: no pixel of the mask is above 127" in result.output.strip().splitlines()[-1]
+        assert not (tmp_path / "x.png").exists()
+    out = tmp_path / "red_edit.png"
+    result = _edit("resample", files["ckpt"], files["image_lr"], files["image"], str(red),
+                   "--out", str(out), "--temperature", "0.9")
+    assert result.exit_code == 0, result.output
+    assert "warning: red.png: the mask is not grey; inside is where any channel is above 127" in result.output
+    same = tmp_path / "grey_edit.png"
+    _edit("resample", files["ckpt"], files["image_lr"], files["image"], files["mask"],
+          "--out", str(same), "--temperature", "0.9")
+    assert np.array_equal(read_image(out), read_image(same))  # the red region is the grey one

@@ -253,3 +253,38 @@ def test_other_scales_depths_and_channel_counts(overrides):
         assert sum(z[0].numel() for z in latents) == c * math.prod(model.padded_hr_size(5, 7))
         torch.testing.assert_close(model.decode(lr, latents), hr, rtol=0, atol=1e-4)
     assert model.sample(lr, 0.5, n=2).shape == (4, c, 5 * s, 7 * s)
+
+
+def test_the_api_refuses_bad_tensors_with_clear_value_errors():
+    torch.manual_seed(0)
+    model = SRFlow.from_preset("tiny-4x")
+    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)
+    model.initialize(lr, hr)
+    cases = [
+        (lambda: model.sample(lr[0]), "LR must be N x C x H x W, got shape (3, 8, 8)"),
+        (lambda: model.sample((lr * 255).to(torch.uint8)), "LR must be a float tensor in [0, 1], got torch.uint8"),
+        (lambda: model.sample(lr * 255), "LR values must lie in [0, 1], got [2.484, 254.8]"),
+        (lambda: model.sample(lr[:, :1]), "LR has 1 channels, the model takes 3"),
+        (lambda: model.sample(lr[:0]), "LR is empty: shape (0, 3, 8, 8)"),
+        (lambda: model.nll(lr, hr * 255), "HR values must lie in [0, 1]"),
+        (lambda: model.sample(lr.numpy()), "LR must be a torch.Tensor, got ndarray"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert "divide it by 255" in _error(lambda: model.sample(lr * 255))
+    latents = model.encode(lr, hr)
+    with pytest.raises(ValueError, match=r"latents for an LR of 8x8 must have the shapes N x 6 x 16 x 16"):
+        model.decode(lr, latents[:1])
+    with pytest.raises(ValueError, match="multiple of the LR batch 2"):
+        model.decode(lr, [z[:1] for z in latents])
+    with pytest.raises(ValueError, match="must have the shapes"):
+        model.decode(lr, [z[..., :-2] for z in latents])
+    torch.testing.assert_close(model.decode(lr, latents), hr, rtol=0, atol=1e-4)
+
+
+def _error(call) -> str:
+    with pytest.raises(ValueError) as error:
+        call()
+    return str(error.value)
