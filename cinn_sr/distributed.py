@@ -152,11 +152,23 @@ def torchrun_args(nproc: int, argv: Sequence[str]) -> list[str]:
     return ["--standalone", f"--nproc-per-node={nproc}", "-m", "cli", *argv]
 
 
+class LaunchInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM reached the torchrun launcher (its processes were stopped)."""
+
+
 def launch(nproc: int, argv: Sequence[str]) -> None:
     """Run the cinn-sr command `argv` under torchrun with `nproc` processes; wait for it.
 
-    A failing rank makes torchrun raise `ChildFailedError`, which propagates.
+    A failing rank makes torchrun raise `ChildFailedError`, which propagates; Ctrl-C or
+    SIGTERM raise `LaunchInterrupted`. torchrun's own log lines are kept to errors.
     """
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import get_args_parser, run
 
-    run(get_args_parser().parse_args(torchrun_args(nproc, argv)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    try:
+        run(get_args_parser().parse_args(torchrun_args(nproc, argv)))
+    except (KeyboardInterrupt, SignalException) as error:
+        raise LaunchInterrupted(f"interrupted ({error}): the {nproc} processes stopped") from None

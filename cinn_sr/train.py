@@ -37,7 +37,7 @@ from cinn_sr.datasets.folder_pairs import ImageFolderPairs
 from cinn_sr.datasets.patch_dataset import PatchDataset
 from cinn_sr.default_data import default_patches
 from cinn_sr.distributed import ProcessInfo, broadcast_object, init_process, shutdown
-from cinn_sr.loop import ResumeState, Task, run_loop, seed_everything
+from cinn_sr.loop import ResumeState, Task, TrainingStopped, run_loop, seed_everything
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS
@@ -493,7 +493,7 @@ def launch_processes(
 ) -> RunResult:
     """`--nproc N`: create the run folder, write the resolved config there and run the same
     command under torchrun with N processes, each reading that config (so all agree)."""
-    from cinn_sr.distributed import launch, resolve_device
+    from cinn_sr.distributed import LaunchInterrupted, launch, resolve_device
     from cinn_sr.runs import read_metrics
 
     try:
@@ -513,7 +513,12 @@ def launch_processes(
     argv = [_KIND[cls], "--config", str(resolved)]
     if resume is not None:
         argv += ["--resume", str(resume)]
-    launch(config.nproc, argv)
+    try:
+        launch(config.nproc, argv)
+    except LaunchInterrupted:
+        done = latest_checkpoint_step(out)
+        where = f"{out / 'last.pt'} holds step {done}" if done else "no checkpoint was written"
+        raise TrainingStopped(f"interrupted: {where}; continue with --resume --out {out}") from None
     records = read_metrics(out / "metrics.jsonl")
     steps = [r for r in records if "loss" in r]
     validation = [r for r in records if any(k.startswith("val_") for k in r)]

@@ -125,3 +125,27 @@ def test_nproc_launches_torchrun(cache, tmp_path):
     assert done.stdout.count("train: 2 steps (0 skipped)") == 1  # once, not per launcher + rank 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [1, 2]
     assert (out / "last.pt").is_file()
+
+
+def test_ctrl_c_under_nproc_2_is_one_line_and_leaves_a_resumable_run(cache, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "CINN_SR_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "cli", "train", "--nproc", "2", "--iterations", "5000",
+            "--batch-size", "2", "--val-count", "1", "--checkpoint-every", "5", "--device", "cpu",
+            "--out", str(out)]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the group
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "Traceback" not in stderr and "SignalException" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: interrupted: {out / 'last.pt'} holds step ")
+    assert last.endswith(f"continue with --resume --out {out}")
