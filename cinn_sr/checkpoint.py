@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cinn_sr.datasets.atomic import atomic_path
+from cinn_sr.datasets.atomic import atomic_path, ensure_free_space
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS, SRFlowConfig
 from cinn_sr.shipped import resolve_checkpoint
@@ -50,9 +50,21 @@ def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
 
 
 def _save_payload(path: str | os.PathLike, payload: dict) -> Path:
+    ensure_free_space(path, _tensor_bytes(payload) + 2**20)
     with atomic_path(path) as temp:
         torch.save(payload, temp)
     return Path(path)
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors inside nested dicts and lists (what torch.save will write)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def export_weights(src: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:

@@ -9,8 +9,10 @@ cut), and never one that a live process is still writing.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +23,11 @@ __all__ = [
     "atomic_write_text",
     "remove_stale_temporaries",
     "remove_own_temporaries",
+    "ensure_free_space",
 ]
+
+SPACE_RESERVE = 4 * 2**20
+"""Bytes `ensure_free_space` keeps free beyond the write (file system and HDF5 metadata)."""
 
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 _OPEN: set[Path] = set()
@@ -52,6 +58,24 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def ensure_free_space(path: str | os.PathLike, needed: int) -> None:
+    """OSError (errno ENOSPC, a one-line message naming `path`) when the folder of `path`
+    has not `needed` bytes free plus a reserve: checked before a write, so a full disk is
+    one line instead of whatever the writing library makes of it."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folder may not exist yet
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed + SPACE_RESERVE:
+        error = OSError(
+            f"cannot write {path}: no space left on the device ({free / 2**20:.1f} MiB free, "
+            f"{(needed + SPACE_RESERVE) / 2**20:.1f} MiB needed)"
+        )
+        error.errno = errno.ENOSPC
+        raise error
 
 
 def _default_mode() -> int:

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_path
+from .atomic import atomic_path, ensure_free_space
 from .images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from .resize import imresize
 
@@ -326,6 +326,8 @@ def pack_images(
             except _SkipImage as reason:
                 skipped.append((path.name, str(reason)))
                 continue
+            # HDF5 reports a full disk only when it flushes (pages of errors, sometimes a crash)
+            ensure_free_space(out, int(1.01 * (hr.nbytes + lr.nbytes)) + 2**16)
             _append(handle, hr, lr, len(packed_sources))
             packed_sources.append(path.name)
         if not packed_sources:

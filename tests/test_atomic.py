@@ -79,3 +79,38 @@ def test_sigterm_during_pack_removes_its_temporary_file(tmp_path):
     assert list(out.parent.iterdir()) == []
     log.close()
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MiB file system (tmpfs; needs root, as CI has), unmounted afterwards."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(folder)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, cache, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    photos = [str(path) for _, path in sample_photo_paths()[:3]]
+    result = CliRunner().invoke(main, ["pack", *photos, "--out", str(small_disk / "p.h5"),
+                                       "--per-image", "100"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1].rsplit("\r", 1)[-1]
+    assert last.startswith(f"Error: cannot write {small_disk / 'p.h5'}: no space left on the device")
+    assert list(small_disk.iterdir()) == []
+
+    monkeypatch.setenv("CINN_SR_CACHE", str(cache))
+    out = small_disk / "run"
+    result = CliRunner().invoke(main, ["train", "--iterations", "2", "--checkpoint-every", "1",
+                                       "--out", str(out)])
+    assert result.exit_code == 1
+    assert f"Error: cannot write {out / 'checkpoints' / 'step_0000001.pt'}: no space left" in result.output
+    assert list(small_disk.iterdir()) == []  # no run folder, no temporary
