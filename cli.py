@@ -159,7 +159,7 @@ def _load_model(checkpoint: str, device: str):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images.")
 @click.option(
     "--temperature", "temperatures", type=Temperature(min=0), multiple=True,
-    help="Sampling temperature tau; repeat for several (default 0.9).",
+    help="Sampling temperature tau; repeat for several (default 0.7: the best trade-off of LPIPS and LR-PSNR measured for small-4x).",
 )
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per image and temperature.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of each image's latents (same seed, same images).")
@@ -179,7 +179,7 @@ def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, t
         compile_model_flow(model)
     try:
         summary = sample_files(
-            model, inputs, out, temperatures or (0.9,), samples, seed, tile, tile_overlap
+            model, inputs, out, temperatures or (0.7,), samples, seed, tile, tile_overlap
         )
     except (ImageReadError, ValueError, OSError) as error:
         raise click.ClickException(str(error)) from None

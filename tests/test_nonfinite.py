@@ -55,12 +55,12 @@ def test_sample_writes_no_nonfinite_image_and_fails(files):
     result = run("sample", bad, root / "lr.png", "--out", root / "sr", "--samples", "2")
     assert result.exit_code == 1, result.output
     lines = lines_of(result)
-    assert "wrote 0 images" in lines[-2] and "lr_t0.9_s0.png (100.0 %)" in lines[-2]
+    assert "wrote 0 images" in lines[-2] and "lr_t0.7_s0.png (100.0 %)" in lines[-2]
     assert lines[-1].startswith("Error: 2 of 2 samples had NaN/inf pixels") and "softclamp" in lines[-1]
     assert "Traceback" not in result.output
     assert not (root / "sr").exists() or not list((root / "sr").iterdir())
     result = run("sample", good, root / "lr.png", "--out", root / "sr")
-    assert result.exit_code == 0 and (root / "sr" / "lr_t0.9_s0.png").is_file()
+    assert result.exit_code == 0 and (root / "sr" / "lr_t0.7_s0.png").is_file()
 
 
 def test_eval_does_not_score_nonfinite_samples(files):

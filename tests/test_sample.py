@@ -144,7 +144,7 @@ def test_cli_sample_skips_and_names_unreadable_files(model, tmp_path, lr_image):
     assert result.exit_code == 0, result.output
     assert "wrote 1 images" in result.output and "(1 input x" in result.output
     assert "skipped 1 unreadable input" in result.output and "broken.png" in result.output
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good_t0.9_s0.png"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good_t0.7_s0.png"]
 
 
 def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model, tmp_path):
