@@ -298,8 +298,6 @@ def evaluate_model(
     return result
 
 
-
-
 def write_results(result: EvaluationResult, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``path`` (JSON) and the CSV beside it (same stem): one row per image, then ``mean``."""
     json_path = Path(path)

@@ -131,11 +131,15 @@ class SRFlow(nn.Module):
     def condition(self, lr: Tensor) -> list[Tensor]:
         """The encoder's per-level conditions for the (padded) LR batch; reusable via cond=."""
         self._check_image("LR", lr)
+        return self._features(lr)
+
+    def _features(self, lr: Tensor) -> list[Tensor]:
         pad_h, pad_w = self._lr_padding(lr)
         return self.encoder(_pad(lr, pad_h, pad_w))
 
     def _condition(self, lr: Tensor, cond: list[Tensor] | None) -> list[Tensor]:
-        return list(cond) if cond is not None else self.condition(lr)
+        """`cond`, or the features of an LR the caller has already checked."""
+        return list(cond) if cond is not None else self._features(lr)
 
     # ---- density ------------------------------------------------------------------------
 
@@ -193,7 +197,10 @@ class SRFlow(nn.Module):
         self._require_initialized()
         self._check_image("LR", lr)
         self._check_latents(lr, list(latents))
-        out, _ = self.flow(list(latents), c=self._condition(lr, cond), rev=True, jac=False)
+        return self._decode(lr, list(latents), cond)
+
+    def _decode(self, lr: Tensor, latents: list[Tensor], cond: list[Tensor] | None) -> Tensor:
+        out, _ = self.flow(latents, c=self._condition(lr, cond), rev=True, jac=False)
         s = self.config.scale
         return out[0][..., : lr.shape[-2] * s, : lr.shape[-1] * s]
 
@@ -214,6 +221,7 @@ class SRFlow(nn.Module):
             raise ValueError(f"n must be >= 1, got {n}")
         check_temperature(temperature)
         self._require_initialized()
+        self._check_image("LR", lr)
         with torch.inference_mode():
             cond = self._condition(lr, cond)
             device, dtype = cond[0].device, cond[0].dtype
@@ -228,7 +236,7 @@ class SRFlow(nn.Module):
                      * temperature).to(device)
                     for s in shapes
                 ]
-            return self.decode(lr, latents, cond=cond)
+            return self._decode(lr, latents, cond)
 
     def sr(self, lr: Tensor) -> Tensor:
         """The encoder's own ESRGAN SR output (the RRDB pre-training path)."""

@@ -43,6 +43,7 @@ __all__ = [
     "expand_inputs",
     "sample_files",
     "nonfinite_fraction",
+    "describe_nonfinite",
     "NonFiniteOutputError",
     "NONFINITE_REMEDY",
 ]

@@ -118,22 +118,17 @@ class _FolderPairs(Dataset):
 def validation_items(
     val: str | None, train_set: Dataset, count: int, scale: int
 ) -> list[tuple[Tensor, Tensor]]:
-    """Up to `count` (hr, lr) pairs: from a patch file, an HR folder, or the training set."""
-    if val is None:
-        source: Dataset = train_set
-    elif Path(val).is_dir():
-        try:
-            source = _FolderPairs(val, scale)
-        except ValueError as error:
-            raise ConfigError(f"val: {error}") from None
-    else:
-        try:
-            source = PatchDataset(val, augment=False, scale=scale)
-        except ValueError as error:
-            raise ConfigError(f"val: {error}") from None
+    """Up to `count` (hr, lr) pairs: from a patch file, an HR folder, or the training set;
+    an unusable file, folder or image of `val` is a ConfigError."""
     try:
+        if val is None:
+            source: Dataset = train_set
+        elif Path(val).is_dir():
+            source = _FolderPairs(val, scale)
+        else:
+            source = PatchDataset(val, augment=False, scale=scale)
         return [source[i] for i in range(min(count, len(source)))]
-    except ValueError as error:  # an unreadable or too small image of the folder
+    except ValueError as error:
         raise ConfigError(f"val: {error}") from None
 
 

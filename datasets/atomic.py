@@ -4,7 +4,7 @@ Every file cinn-sr writes (patch files, images, checkpoints, configs, scores) go
 `atomic_path`, so a reader never sees half a file and a failure leaves none. The temporary
 name ``.{name}.{pid}.{random}.tmp`` records the writing process: each write first removes the
 temporaries that processes no longer running left in its folder (after a SIGKILL or a power
-cut), and never one that a live process is still writing.
+cut; once per folder and process), and never one that a live process is still writing.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ SPACE_RESERVE = 4 * 2**20
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 _OPEN: set[Path] = set()
 """Temporaries this process is writing now."""
+_CLEANED: set[Path] = set()
+"""Folders whose stale temporaries this process has removed (once each, not per write)."""
 
 
 def _running(pid: int) -> bool:
@@ -90,7 +92,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``0666 & ~umask`` permissions), on any error or interruption it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
+    if path.parent.resolve() not in _CLEANED:
+        remove_stale_temporaries(path.parent)
+        _CLEANED.add(path.parent.resolve())
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
                                     dir=path.parent)
     os.close(handle)
