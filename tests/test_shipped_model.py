@@ -29,12 +29,13 @@ def model():
 
 
 def held_out(name: str, size: int = 256) -> torch.Tensor:
-    """A held-out crop as [1, 3, size, size] in [0, 1], and LR = its uint8 MATLAB downscale."""
+    """A held-out crop as [1, 3, size, size] in [0, 1]."""
     image = read_image(HELD_OUT / f"{name}.png")[:size, :size]
     return torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def lr_of(hr: torch.Tensor) -> torch.Tensor:
+    """Its LR: the uint8 MATLAB-bicubic downscale, back in [0, 1]."""
     return torch.from_numpy(imresize(to_uint8(hr[0]), 1 / 4)).permute(2, 0, 1)[None].float() / 255
 
 
