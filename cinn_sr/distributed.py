@@ -152,19 +152,29 @@ def torchrun_args(nproc: int, argv: Sequence[str]) -> list[str]:
     return ["--standalone", f"--nproc-per-node={nproc}", "-m", "cli", *argv]
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of those torchrun started (it set WORLD_SIZE)."""
+    return "WORLD_SIZE" in os.environ
+
+
 class LaunchInterrupted(RuntimeError):
     """Ctrl-C or SIGTERM reached the torchrun launcher (its processes were stopped)."""
+
+
+class LaunchFailed(RuntimeError):
+    """A process torchrun started failed (torchrun printed its error)."""
 
 
 def launch(nproc: int, argv: Sequence[str]) -> None:
     """Run the cinn-sr command `argv` under torchrun with `nproc` processes; wait for it.
 
-    A failing rank makes torchrun raise `ChildFailedError`, which propagates; Ctrl-C or
-    SIGTERM raise `LaunchInterrupted`. torchrun's own log lines are kept to errors.
+    A failing rank raises `LaunchFailed`; Ctrl-C or SIGTERM raise `LaunchInterrupted`.
+    torchrun's own log lines are kept to errors.
     """
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
@@ -172,3 +182,5 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         run(get_args_parser().parse_args(torchrun_args(nproc, argv)))
     except (KeyboardInterrupt, SignalException) as error:
         raise LaunchInterrupted(f"interrupted ({error}): the {nproc} processes stopped") from None
+    except ChildFailedError as error:
+        raise LaunchFailed(str(error)) from None

@@ -22,7 +22,13 @@ import torch
 from tqdm import tqdm
 
 from cinn_sr import metrics
-from cinn_sr.datasets import ImageFolderPairs, ImageReadError, list_images, read_image
+from cinn_sr.datasets import (
+    ImageFolderPairs,
+    ImageReadError,
+    OptionError,
+    list_images,
+    read_image,
+)
 from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.lpips import LPIPS, load_lpips
 from cinn_sr.model import SRFlow
@@ -148,11 +154,11 @@ def _progress(items: Iterable, total: int, enabled: bool, desc: str):
 
 def _check_metrics(metric_names: Sequence[str], with_model: bool) -> tuple[str, ...]:
     if not metric_names:
-        raise ValueError("no metrics requested")
+        raise OptionError("no metrics requested")
     if not with_model:
         needs_model = [m for m in metric_names if m in MODEL_METRICS]
         if needs_model:
-            raise ValueError(f"{', '.join(needs_model)} need a model (a checkpoint, not --sr)")
+            raise OptionError(f"{', '.join(needs_model)} need a model (a checkpoint, not --sr)")
     return tuple(m for m in METRICS if m in metric_names)
 
 
@@ -248,7 +254,7 @@ def evaluate_model(
     """
     names = _check_metrics(metric_names, with_model=True)
     if "diversity" in names and samples < 2:
-        raise ValueError("diversity needs at least 2 samples (NTIRE 2021 uses --samples 10)")
+        raise OptionError("diversity needs at least 2 samples (NTIRE 2021 uses --samples 10)")
     scale = model.config.scale
     device = next(model.parameters()).device
     pairs = ImageFolderPairs(hr_dir, scale, lr_dir)

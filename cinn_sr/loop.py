@@ -1,10 +1,12 @@
-"""The training loop shared by flow training (`train`) and RRDB pre-training (`pretrain`).
+"""The step loop shared by flow training (`train`) and RRDB pre-training (`pretrain`).
 
-A `Task` says what is trained and how it is scored; `run_loop` does the rest: sharded,
-seeded data order, one-time model initialisation and DistributedDataParallel wrapping,
-skipping of non-finite steps, progress bar, metrics log, validation, checkpoints and exact
-resumption (weights, optimizer, schedule, step, RNG states; the data order is a pure
-function of seed and step, see `ShardedBatches`).
+A `Task` says what is trained and how it is scored, `LoopSettings` how long and how often
+to log, validate and checkpoint; `run_loop` trains: sharded, seeded data order, one-time
+model initialisation, freezing and DistributedDataParallel wrapping, skipping of
+non-finite steps, progress bar, metrics log, validation, checkpoints and exact resumption
+(weights, optimizer, schedule, step, RNG states; the data order is a pure function of seed
+and step, see `ShardedBatches`). It writes into the run folder it is given and knows no
+configuration format: what a checkpoint records of the run comes in `LoopSettings.record`.
 """
 
 from __future__ import annotations
@@ -12,29 +14,23 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cinn_sr.config import ConfigError, RunConfig, to_toml_dict
-from cinn_sr.distributed import (
-    ProcessInfo,
-    ShardedBatches,
-    all_true,
-    mean_over_ranks,
-)
+from cinn_sr.distributed import ProcessInfo, ShardedBatches, all_true, mean_over_ranks
+from cinn_sr.rng import rng_state, seed_everything, set_rng_state
 from cinn_sr.runs import CheckpointRotation, MetricsLog
+from cinn_sr.step_checks import diagnose_step, gradients_finite, nonfinite_state
 
 
 class TrainingStopped(RuntimeError):
@@ -88,8 +84,26 @@ class Task:
 
 
 @dataclass
+class LoopSettings:
+    """How long the loop runs and how often it logs, validates and checkpoints.
+
+    record: what each checkpoint stores as its "run_config" (the resolved configuration).
+    """
+
+    iterations: int
+    batch_size: int
+    seed: int = 0
+    workers: int = 0
+    val_every: int = 5000
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 5
+    max_nonfinite: int = 20
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ResumeState:
-    """Training state read from a checkpoint (everything but the model weights)."""
+    """Training state stored in a checkpoint (everything but the model weights)."""
 
     step: int
     optimizer: dict
@@ -109,88 +123,87 @@ class ResumeState:
         return cls(**payload["training"])
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states: python, numpy, torch CPU and (when present) CUDA.
+@dataclass
+class LoopState:
+    """Everything the loop changes from step to step."""
 
-    Made of tensors, numbers and lists only, so checkpoints load with weights_only=True.
+    step: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    trainable: list[nn.Parameter]
+    module: nn.Module
+    """The objective as trained: DDP-wrapped under several processes."""
+    began: float
+    """time.time() at step 0 (a resumed run counts the time before the interruption)."""
+    skipped: int = 0
+    best: float = math.inf
+    saved: int | None = None
+    """The step of the latest checkpoint, if any."""
+    frozen_now: bool | None = None
+    consecutive: int = 0
+    """Non-finite steps in a row; `first_bad` says where the first of them came from."""
+    first_bad: str = ""
+    window: list[float] = field(default_factory=list)
+    """Finite training losses since the last checkpoint."""
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def run_loop(
+    task: Task,
+    settings: LoopSettings,
+    info: ProcessInfo,
+    train_set: Dataset,
+    out: Path | None,
+    resume: ResumeState | None = None,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Train `task` up to `settings.iterations` (or `stop_at`) steps; returns a summary.
+
+    Only rank 0 (`out` given) writes files; `out` is None on the other ranks.
     """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def first_nonfinite(named: list[tuple[str, Tensor | None]]) -> str | None:
-    """Name of the first tensor with a NaN or inf (None entries are skipped)."""
-    for name, t in named:
-        if t is not None and not torch.isfinite(t).all():
-            return name
-    return None
-
-
-def gradients_finite(params: list[nn.Parameter]) -> bool:
-    """Whether every gradient is finite (one device synchronisation for all of them)."""
-    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
-    return not norms or bool(torch.isfinite(torch.stack(norms)).all())
-
-
-def locate_nonfinite_output(model: nn.Module, objective: nn.Module, hr: Tensor, lr: Tensor) -> str:
-    """The first module (in call order) whose output holds a NaN or inf for this batch."""
-    found: list[str] = []
-
-    def hook(name: str):
-        def check(_module, _inputs, output) -> None:
-            tensors = output if isinstance(output, (tuple, list)) else (output,)
-            flat = [t for item in tensors for t in (item if isinstance(item, (tuple, list)) else (item,))]
-            if not found and any(
-                isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
-                for t in flat
-            ):
-                found.append(name)
-        return check
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    pairs, batches = FlippedPairs(train_set), _shard(settings, info, len(train_set))
+    state = _start(task, settings, info, _batch(pairs, batches.epoch_batches(0)[0]), resume)
+    end = settings.iterations if stop_at is None else min(settings.iterations, stop_at)
+    data = _stream(pairs, batches, settings, info, state.step)
+    metrics = MetricsLog(out / "metrics.jsonl") if out is not None else None
+    if metrics is not None:
+        metrics.truncate_after(state.step)
+    rotation = CheckpointRotation(out, settings.keep_checkpoints) if out is not None else None
+    bar = tqdm(total=settings.iterations, initial=state.step, disable=not info.is_main,
+               unit="it", dynamic_ncols=True, desc=task.name)
     try:
-        with torch.no_grad():
-            objective(hr, lr)
+        while state.step < end:
+            hr, lr = (t.to(info.device, non_blocking=True) for t in next(data))
+            _update_freezing(state, task, info)
+            rate = state.optimizer.param_groups[0]["lr"]
+            loss, ok = _optimisation_step(state, task, info, hr, lr)
+            state.step += 1
+            _log_step(state, task, info, metrics, bar, loss, ok, rate)
+            if state.consecutive >= settings.max_nonfinite:
+                raise TrainingStopped(_divergence_message(state))
+            validated = state.step % settings.val_every == 0 or state.step == end
+            if validated and info.is_main:
+                _validate(state, task, metrics, bar)
+            if state.step % settings.checkpoint_every == 0 or state.step == end:
+                _checkpoint(state, task, settings, info, rotation, validated)
     finally:
-        for h in handles:
-            h.remove()
-    return f"output of {found[0]}" if found else "loss"
+        bar.close()
+    return {"step": state.step, "skipped": state.skipped, "best": state.best,
+            "validation": state.validation}
 
 
-def _diagnose(task: Task, hr: Tensor, lr: Tensor, loss_finite: bool) -> str:
-    """Where a non-finite step came from: input, a weight, a gradient or a layer's output."""
-    if not (torch.isfinite(hr).all() and torch.isfinite(lr).all()):
-        return "input batch"
-    named = list(task.model.named_parameters())
-    where = first_nonfinite([(f"weight {n}", p) for n, p in named])
-    if where:
-        return where
-    if loss_finite:
-        return first_nonfinite([(f"gradient of {n}", p.grad) for n, p in named]) or "gradient"
-    return locate_nonfinite_output(task.model, task.objective, hr, lr)
+def _shard(settings: LoopSettings, info: ProcessInfo, n: int) -> ShardedBatches:
+    """This rank's batches; a ValueError when the patches or the batch do not divide."""
+    if settings.batch_size % info.world_size:
+        raise ValueError(
+            f"batch_size {settings.batch_size} is not divisible by {info.world_size} processes"
+        )
+    try:
+        return ShardedBatches(
+            n, settings.batch_size // info.world_size, settings.seed, info.rank, info.world_size
+        )
+    except ValueError as error:
+        raise ValueError(f"batch_size: {error}") from None
 
 
 def _batch(dataset: Dataset, keys: list[tuple[int, bool]]) -> tuple[Tensor, Tensor]:
@@ -198,169 +211,177 @@ def _batch(dataset: Dataset, keys: list[tuple[int, bool]]) -> tuple[Tensor, Tens
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def run_loop(
+def _start(
     task: Task,
-    config: RunConfig,
+    settings: LoopSettings,
     info: ProcessInfo,
-    train_set: Dataset,
-    out: Path | None,
-    resume: ResumeState | None = None,
-    stop_at: int | None = None,
-) -> dict[str, Any]:
-    """Train `task` up to `config.iterations` (or `stop_at`) steps; returns a summary.
-
-    Only rank 0 (`out` given) writes files; `out` is None on the other ranks.
-    """
-    if config.batch_size % info.world_size:
-        raise TrainingStopped(
-            f"batch_size {config.batch_size} is not divisible by {info.world_size} processes"
-        )
-    device = info.device
-    pairs = FlippedPairs(train_set)
-    try:
-        batches = ShardedBatches(
-            len(train_set), config.batch_size // info.world_size, config.seed, info.rank,
-            info.world_size,
-        )
-    except ValueError as error:
-        raise ConfigError(f"batch_size: {error}") from None
-    start = resume.step if resume else 0
-    end = min(config.iterations, stop_at) if stop_at is not None else config.iterations
-
-    hr0, lr0 = (t.to(device) for t in _batch(pairs, batches.epoch_batches(0)[0]))
+    first: tuple[Tensor, Tensor],
+    resume: ResumeState | None,
+) -> LoopState:
+    """Initialise a fresh model on the first batch (or take a checkpoint's state), find the
+    parameters the objective reaches, and build the optimizer and schedule."""
+    hr, lr = (t.to(info.device) for t in first)
     if resume is None:
-        task.initialize(hr0, lr0)
+        task.initialize(hr, lr)
     if task.after_init is not None:
         task.after_init()
-    trainable = _probe_trainable(task, hr0, lr0)
+    trainable = _probe_trainable(task, hr, lr)
     optimizer = task.make_optimizer(trainable)
     scheduler = task.make_scheduler(optimizer)
-    skipped, best, elapsed = 0, math.inf, 0.0
+    state = LoopState(0, optimizer, scheduler, trainable, task.objective, time.time())
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
-        skipped, best, elapsed = resume.skipped, resume.best, resume.elapsed
+        state.step = state.saved = resume.step
+        state.skipped, state.best = resume.skipped, resume.best
+        state.began -= resume.elapsed
         if len(resume.rng) == info.world_size:
             set_rng_state(resume.rng[info.rank])
         else:
-            seed_everything(config.seed + 1000 * info.rank + start)
+            seed_everything(settings.seed + 1000 * info.rank + resume.step)
+    return state
 
-    batches.start_at(start)
-    # its own generator: creating the iterator must not draw from the global RNG (resume)
+
+def _probe_trainable(task: Task, hr: Tensor, lr: Tensor) -> list[nn.Parameter]:
+    """The parameters the objective actually reaches: one forward/backward on a batch.
+
+    Parameters that get no gradient (e.g. the ESRGAN head during flow training) are set to
+    requires_grad=False and left out of the optimizer, so DDP never waits for them.
+    """
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    task.objective(hr, lr).mean().backward()
+    used = []
+    for p in params:
+        if p.grad is None:
+            p.requires_grad_(False)
+        else:
+            used.append(p)
+        p.grad = None
+    return used
+
+
+def _stream(
+    pairs: FlippedPairs, batches: ShardedBatches, settings: LoopSettings, info: ProcessInfo,
+    step: int,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches from global step `step` on, loaded by `settings.workers` processes."""
+    batches.start_at(step)
     loader = DataLoader(
-        pairs, batch_sampler=batches, num_workers=config.workers,
-        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
-        generator=torch.Generator().manual_seed(config.seed),
+        pairs, batch_sampler=batches, num_workers=settings.workers,
+        pin_memory=info.device.type == "cuda", persistent_workers=settings.workers > 0,
+        # its own generator: creating the iterator must not draw from the global RNG (resume)
+        generator=torch.Generator().manual_seed(settings.seed),
     )
-    metrics = MetricsLog(out / "metrics.jsonl") if out is not None else None
+    return iter(loader)
+
+
+def _update_freezing(state: LoopState, task: Task, info: ProcessInfo) -> None:
+    """Freeze or unfreeze `task.frozen` when the step crosses `task.frozen_until`; under
+    several processes, wrap the objective anew for the new set of trainable parameters."""
+    frozen_now = state.step < task.frozen_until
+    if frozen_now == state.frozen_now:
+        return
+    state.frozen_now = frozen_now
+    trainable = {id(p) for p in state.trainable}
+    for p in task.frozen:
+        if id(p) in trainable:
+            p.requires_grad_(not frozen_now)
+    if info.distributed:
+        state.module = task.objective  # the old wrapper and its gradient hooks go first
+        gc.collect()
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        state.module = DistributedDataParallel(task.objective, device_ids=device_ids)
+
+
+def _optimisation_step(
+    state: LoopState, task: Task, info: ProcessInfo, hr: Tensor, lr: Tensor
+) -> tuple[Tensor, bool]:
+    """One Adam step on the batch, skipped (and diagnosed) when the loss or a gradient is not
+    finite on any rank; the schedule advances either way."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss = state.module(hr, lr).mean()
+    loss_finite = all_true(bool(torch.isfinite(loss)), info)
+    ok = loss_finite
+    if ok:
+        loss.backward()
+        ok = all_true(gradients_finite(state.trainable), info)
+    if ok:
+        state.optimizer.step()
+        state.consecutive = 0
+    else:
+        state.optimizer.zero_grad(set_to_none=True)
+        state.skipped += 1
+        state.consecutive += 1
+        if state.consecutive == 1:
+            state.first_bad = diagnose_step(task.model, task.objective, hr, lr, loss_finite)
+    with warnings.catch_warnings():  # a skipped first step still advances the schedule
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        state.scheduler.step()
+    return loss.detach(), ok
+
+
+def _log_step(
+    state: LoopState, task: Task, info: ProcessInfo, metrics: MetricsLog | None, bar: tqdm,
+    loss: Tensor, ok: bool, rate: float,
+) -> None:
+    """The step's line in metrics.jsonl and the progress bar."""
+    value = mean_over_ranks(float(loss), info)
+    if ok:
+        state.window.append(value)
     if metrics is not None:
-        metrics.truncate_after(start)
-    rotation = CheckpointRotation(out, config.keep_checkpoints) if out is not None else None
-    trainable_ids = {id(p) for p in trainable}
-    frozen = [p for p in task.frozen if id(p) in trainable_ids]
-    bar = tqdm(
-        total=config.iterations, initial=start, disable=not info.is_main, unit="it",
-        dynamic_ncols=True, desc=task.name,
+        record = {"step": state.step, "loss": value if ok else None, "lr": rate,
+                  "time": round(time.time() - state.began, 3), "skipped": state.skipped}
+        if not ok:
+            record["nonfinite"] = state.first_bad
+        metrics.write(record)
+    if info.is_main:
+        bar.set_postfix_str(
+            f"loss {value:.4f} {task.loss_unit}, lr {rate:.2e}, skipped {state.skipped}",
+            refresh=False,
+        )
+        bar.update(1)
+
+
+def _divergence_message(state: LoopState) -> str:
+    saved = (f"the last checkpoint (step {state.saved}) holds finite weights" if state.saved
+             else "no checkpoint was written")
+    return (f"stopped at step {state.step}: {state.consecutive} non-finite steps in a row "
+            f"(first: {state.first_bad}); {saved}")
+
+
+def _validate(state: LoopState, task: Task, metrics: MetricsLog | None, bar: tqdm) -> None:
+    state.validation = task.validate(state.step)
+    if metrics is not None:
+        metrics.write({"step": state.step, **state.validation})
+    bar.write(
+        f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in state.validation.items())
     )
-    module: nn.Module = task.objective
-    frozen_now: bool | None = None
-    consecutive, first_bad = 0, ""
-    window: list[float] = []
-    last_val: dict[str, float] = {}
-    began = time.time() - elapsed
-    data = iter(loader)
-    step = start
-    saved = start if start > 0 else None  # the step of the latest checkpoint, if any
-    try:
-        while step < end:
-            hr, lr = next(data)
-            hr = hr.to(device, non_blocking=True)
-            lr = lr.to(device, non_blocking=True)
-            if (step < task.frozen_until) != frozen_now:
-                frozen_now = step < task.frozen_until
-                for p in frozen:
-                    p.requires_grad_(not frozen_now)
-                if info.distributed:
-                    # a new wrapper for the new set of trainable parameters; the old one and
-                    # its gradient hooks go first
-                    module = task.objective
-                    gc.collect()
-                    module = DistributedDataParallel(
-                        task.objective, device_ids=[device.index] if device.type == "cuda" else None
-                    )
-            rate = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            loss = module(hr, lr).mean()
-            loss_finite = all_true(bool(torch.isfinite(loss)), info)
-            ok = loss_finite
-            if ok:
-                loss.backward()
-                ok = all_true(gradients_finite(trainable), info)
-            if ok:
-                optimizer.step()
-                consecutive = 0
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                consecutive += 1
-                if consecutive == 1:
-                    first_bad = _diagnose(task, hr, lr, loss_finite)
-            with warnings.catch_warnings():  # a skipped first step still advances the schedule
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                scheduler.step()
-            step += 1
-            value = mean_over_ranks(float(loss.detach()), info)
-            if ok:
-                window.append(value)
-            if metrics is not None:
-                record = {
-                    "step": step, "loss": value if ok else None, "lr": rate,
-                    "time": round(time.time() - began, 3), "skipped": skipped,
-                }
-                if not ok:
-                    record["nonfinite"] = first_bad
-                metrics.write(record)
-            if info.is_main:
-                bar.set_postfix_str(
-                    f"loss {value:.4f} {task.loss_unit}, lr {rate:.2e}, skipped {skipped}",
-                    refresh=False,
-                )
-                bar.update(1)
-            if consecutive >= config.max_nonfinite:
-                raise TrainingStopped(
-                    f"stopped at step {step}: {consecutive} non-finite steps in a row "
-                    f"(first: {first_bad}); "
-                    + (f"the last checkpoint (step {saved}) holds finite weights" if saved
-                       else "no checkpoint was written")
-                )
-            validating = step % config.val_every == 0 or step == end
-            checkpointing = step % config.checkpoint_every == 0 or step == end
-            if validating and info.is_main:
-                last_val = task.validate(step)
-                if metrics is not None:
-                    metrics.write({"step": step, **last_val})
-                bar.write(
-                    f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items())
-                )
-            if checkpointing:
-                rngs = _gather_rng(info)
-                if rotation is not None:
-                    score = _score(task, last_val if validating else {}, window)
-                    window = []
-                    is_best = score <= best
-                    best = min(best, score)
-                    _check_finite_weights(task.model, step)
-                    state = ResumeState(
-                        step, optimizer.state_dict(), scheduler.state_dict(), rngs, skipped,
-                        best, time.time() - began,
-                    )
-                    extra = {"kind": task.name, "run_config": to_toml_dict(config),
-                             "training": state.to_checkpoint()}
-                    rotation.write(step, is_best, lambda p, e=extra: task.save(p, e))
-                saved = step
-    finally:
-        bar.close()
-    return {"step": step, "skipped": skipped, "best": best, "validation": last_val}
+
+
+def _checkpoint(
+    state: LoopState, task: Task, settings: LoopSettings, info: ProcessInfo,
+    rotation: CheckpointRotation | None, validated: bool,
+) -> None:
+    """Write step_N.pt (rank 0), update last.pt and best.pt; every rank gives its RNG state."""
+    rngs = _gather_rng(info)
+    if rotation is not None:
+        score = _score(task, state.validation if validated else {}, state.window)
+        state.window = []
+        is_best = score <= state.best
+        state.best = min(state.best, score)
+        bad = nonfinite_state(task.model)
+        if bad:
+            raise TrainingStopped(
+                f"step {state.step}: {bad} is not finite; not writing a checkpoint"
+            )
+        training = ResumeState(
+            state.step, state.optimizer.state_dict(), state.scheduler.state_dict(), rngs,
+            state.skipped, state.best, time.time() - state.began,
+        )
+        extra = {"kind": task.name, "run_config": settings.record,
+                 "training": training.to_checkpoint()}
+        rotation.write(state.step, is_best, lambda path: task.save(path, extra))
+    state.saved = state.step
 
 
 def _score(task: Task, validation: dict[str, float], window: list[float]) -> float:
@@ -384,29 +405,3 @@ def _gather_rng(info: ProcessInfo) -> list[dict[str, Any]]:
     states: list[Any] = [None] * info.world_size
     dist.all_gather_object(states, state)
     return states
-
-
-def _check_finite_weights(model: nn.Module, step: int) -> None:
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    bad = first_nonfinite([(n, t) for n, t in tensors if t.is_floating_point()])
-    if bad:
-        raise TrainingStopped(f"step {step}: {bad} is not finite; not writing a checkpoint")
-
-
-def _probe_trainable(task: Task, hr: Tensor, lr: Tensor) -> list[nn.Parameter]:
-    """The parameters the objective actually reaches: one forward/backward on a batch.
-
-    Parameters that get no gradient (e.g. the ESRGAN head during flow training) are set to
-    requires_grad=False and left out of the optimizer, so DDP never waits for them.
-    """
-    params = [p for p in task.model.parameters() if p.requires_grad]
-    task.objective(hr, lr).mean().backward()
-    used = []
-    for p in params:
-        if p.grad is None:
-            p.requires_grad_(False)
-        else:
-            used.append(p)
-        p.grad = None
-    return used
-

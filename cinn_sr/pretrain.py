@@ -1,14 +1,15 @@
-"""L1 pre-training of the RRDB encoder with its ESRGAN head (`cinn-sr pretrain`, SPEC 1.4).
+"""L1 pre-training of the RRDB encoder with its ESRGAN head (`cinn-sr pretrain`).
 
 loss = mean |encoder.sr(lr) - hr| per image; Adam (2e-4, betas (0.9, 0.99)), cosine
 annealing with warm restarts every `restart_every` iterations down to `eta_min`. The
 checkpoint is a regular cinn-sr checkpoint of the whole SRFlow (its flow untrained), so
-`cinn-sr train --encoder CKPT` and `cinn_sr.load` both read it.
+`cinn-sr train --encoder CKPT` and `cinn_sr.load` both read it. The SRFlow paper
+pre-trains its encoder this way, as ESRGAN's L1 super-resolution network; `cinn_sr.driver`
+runs it.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -16,15 +17,13 @@ from torch import Tensor, nn
 
 from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import PretrainConfig
-from cinn_sr.distributed import ProcessInfo
 from cinn_sr.loop import Task
 from cinn_sr.metrics import psnr
 from cinn_sr.model import SRFlow
-from cinn_sr.train import (
+from cinn_sr.validation import (
     GRID_ROWS,
-    RunResult,
     batches_of_equal_size,
-    run_task,
+    mean_of_finite,
     upscale_lr,
     write_grid,
 )
@@ -62,11 +61,7 @@ class RRDBValidation:
                     rows.append([upscale_lr(lr[i : i + 1], scale)[0], sr[i], hr[i]])
         if self.samples_dir is not None and rows:
             write_grid(self.samples_dir / f"step_{step:07d}.png", rows)
-        finite = [v for v in quality if math.isfinite(v)]
-        return {
-            "val_l1": sum(l1) / len(l1),
-            "val_psnr": sum(finite) / len(finite) if finite else math.nan,
-        }
+        return {"val_l1": sum(l1) / len(l1), "val_psnr": mean_of_finite(quality)}
 
 
 def build_pretrain_task(model: SRFlow, config: PretrainConfig, items, out: Path | None) -> Task:
@@ -88,13 +83,3 @@ def build_pretrain_task(model: SRFlow, config: PretrainConfig, items, out: Path 
         best_key="val_l1",
     )
 
-
-def pretrain(
-    config: PretrainConfig,
-    resume: Path | None = None,
-    payload: dict | None = None,
-    stop_at: int | None = None,
-    info: ProcessInfo | None = None,
-) -> RunResult:
-    """Pre-train the RRDB encoder as `config` says."""
-    return run_task(config, build_pretrain_task, resume, payload, stop_at, info)

@@ -81,18 +81,13 @@ def prepare_run_folder(out: str | Path, resuming: bool, lock: RunFolderLock | No
     out.mkdir(parents=True, exist_ok=True)
     if lock is not None:
         lock.acquire()
-    try:
-        if not resuming and (out / "last.pt").exists():
-            raise RunFolderError(
-                f"{out} already holds a run (last.pt): pass --resume to continue it, "
-                "or choose another --out"
-            )
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-    except BaseException:
+    if not resuming and (out / "last.pt").exists():
         if lock is not None:
             lock.release()
-        raise
+        raise RunFolderError(
+            f"{out} already holds a run (last.pt): pass --resume to continue it, "
+            "or choose another --out"
+        )
     return out
 
 
@@ -156,6 +151,7 @@ class CheckpointRotation:
     def __init__(self, out: Path, keep: int) -> None:
         self.out, self.keep = out, keep
         self.folder = out / "checkpoints"
+        self.folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, step: int, is_best: bool, save: Callable[[Path], None]) -> Path:
         """`save(path)` writes the checkpoint file (atomically); then last/best are updated."""

@@ -1,5 +1,6 @@
 """Data for super-resolution: MATLAB-style resizing, HDF5 patch packing, torch Datasets."""
 
+from .errors import OptionError
 from .folder_pairs import ImageFolderPairs, crop_to_multiple
 from .images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image, write_image
 from .pack import PATCH_FILE_FORMAT, PackSummary, collect_sources, pack_images
@@ -11,6 +12,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageFolderPairs",
     "ImageReadError",
+    "OptionError",
     "PATCH_FILE_FORMAT",
     "PackSummary",
     "PatchDataset",

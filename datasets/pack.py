@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .atomic import atomic_path, ensure_free_space
+from .errors import OptionError
 from .images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 from .resize import imresize
 
@@ -235,31 +236,43 @@ def _append(handle: h5py.File, hr: np.ndarray, lr: np.ndarray, source: int) -> N
     handle["source_index"][start:stop] = source
 
 
+DEFAULT_PER_IMAGE = 47
+"""Random crops per image when neither ``per_image`` nor ``stride`` is given."""
+
+
 def _check_options(
     scale: int,
     patch: int,
-    per_image: int,
+    per_image: int | None,
     stride: int | None,
     faces: bool,
     paired: bool,
     max_side: int | None,
 ) -> None:
-    if max_side is not None and max_side < patch:
-        raise ValueError(f"max_side {max_side} is smaller than the patch size {patch}")
-    if max_side is not None and paired:
-        raise ValueError("max_side would change the HR size that paired LR images must match")
-    if scale < 1 or patch < 1 or patch % scale:
-        raise ValueError(f"patch size {patch} must be a positive multiple of the scale {scale}")
-    if stride is not None and stride < 1:
-        raise ValueError(f"stride must be positive, got {stride}")
-    if stride is None and per_image < 1:
-        raise ValueError(f"per_image must be positive, got {per_image}")
+    def refuse(why: str) -> None:
+        raise OptionError(why)
+
+    if per_image is not None and stride is not None:
+        refuse("per_image and stride exclude each other")
+    if faces and (per_image is not None or stride is not None):
+        refuse("faces packs one patch per image: drop per_image and stride")
     if faces and paired:
-        raise ValueError("face mode resizes whole images and cannot use paired LR images")
-    if faces and stride is not None:
-        raise ValueError("face mode takes one patch per image; it has no stride")
+        refuse("faces resizes whole images and cannot use paired LR images (lr_dir)")
+    if scale < 1 or patch < 1 or patch % scale:
+        refuse(f"patch {patch} is not a multiple of scale {scale}")
+    if per_image is not None and per_image < 1:
+        refuse(f"per_image must be positive, got {per_image}")
+    if stride is not None and stride < 1:
+        refuse(f"stride must be positive, got {stride}")
     if paired and stride is not None and stride % scale:
-        raise ValueError(f"with paired LR images the stride must be a multiple of {scale}")
+        refuse(
+            f"with paired LR images (lr_dir) the stride {stride} must be a multiple of "
+            f"scale {scale}"
+        )
+    if max_side is not None and max_side < patch:
+        refuse(f"max_side {max_side} is smaller than the patch size {patch}")
+    if max_side is not None and paired:
+        refuse("max_side would change the HR size that paired LR images (lr_dir) must match")
 
 
 def pack_images(
@@ -267,7 +280,7 @@ def pack_images(
     out: str | os.PathLike,
     scale: int = 4,
     patch: int = 160,
-    per_image: int = 47,
+    per_image: int | None = None,
     stride: int | None = None,
     seed: int = 0,
     lr_dir: str | os.PathLike | None = None,
@@ -292,6 +305,8 @@ def pack_images(
     """
     started = time.perf_counter()
     _check_options(scale, patch, per_image, stride, faces, lr_dir is not None, max_side)
+    if per_image is None:
+        per_image = DEFAULT_PER_IMAGE
     files = collect_sources(sources)
     if not files:
         raise ValueError(f"no image files found (looked for {', '.join(IMAGE_SUFFIXES)})")

@@ -48,7 +48,6 @@ def test_temporaries_of_ended_writers_are_removed_by_the_next_write(tmp_path):
 
 def test_last_and_best_are_links_to_the_step_checkpoint(tmp_path):
     rotation = CheckpointRotation(tmp_path, keep=1)
-    (tmp_path / "checkpoints").mkdir()
     rotation.write(10, True, lambda path: path.write_bytes(b"x" * 1000))
     rotation.write(20, False, lambda path: path.write_bytes(b"y" * 1000))
     step = tmp_path / "checkpoints" / "step_0000020.pt"

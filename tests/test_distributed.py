@@ -13,9 +13,9 @@ from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import TrainConfig, resolve
 from cinn_sr.datasets.patch_dataset import PatchDataset
 from cinn_sr.distributed import ShardedBatches, init_process, shutdown, torchrun_args
+from cinn_sr.driver import train
 from cinn_sr.model import SRFlow
 from cinn_sr.runs import read_metrics
-from cinn_sr.train import train
 
 WORLD = 2
 OPTIONS = {

@@ -106,7 +106,7 @@ def test_content_and_restore_write_images_of_the_hr_size(files, tmp_path):
          "PASTED {image_lr} is 16x16 but LR {image_lr} (16x16)"),
         (("style", "{ckpt}", "{image}", "{image}"),
          "SOURCE_HR {image} is 64x64 but TARGET_LR {image} (64x64) at the checkpoint's 4x needs 256x256"),
-        (("restore", "{ckpt}", "{odd}"), "DEGRADED {odd} is 62x64, not a multiple of the checkpoint's 4x"),
+        (("restore", "{ckpt}", "{odd}"), "62x64 is not a multiple of the scale 4: crop it or give its LR"),
         (("restore", "{ckpt}", "{image}", "--lr", "{image}"), "needs 256x256"),
     ],
 )

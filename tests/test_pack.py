@@ -242,6 +242,6 @@ def test_cli_pack(tmp_path, photo_paths):
     result = runner.invoke(main, [*args, "--stride", "64"])
     assert result.exit_code == 2 and "exclude each other" in result.output
     result = runner.invoke(main, [*args, "--patch", "98"])
-    assert result.exit_code == 2 and "not a multiple of --scale 4" in result.output
+    assert result.exit_code == 2 and "not a multiple of scale 4" in result.output
     result = runner.invoke(main, [*args, "--faces", "--lr-dir", str(odd)])
-    assert result.exit_code == 2 and "--faces" in result.output
+    assert result.exit_code == 2 and "faces packs one patch" in result.output

@@ -16,11 +16,12 @@ from cinn_sr.config import PretrainConfig, TrainConfig, read_toml, resolve
 from cinn_sr.datasets import sample_photos, write_image
 from cinn_sr.datasets.patch_dataset import PatchDataset
 from cinn_sr.distributed import ProcessInfo, ShardedBatches
+from cinn_sr.driver import loop_settings, pretrain, resolve_for_resume, train
 from cinn_sr.loop import TrainingStopped, run_loop
 from cinn_sr.model import SRFlow
-from cinn_sr.pretrain import pretrain
 from cinn_sr.runs import read_metrics
-from cinn_sr.train import build_flow_task, resolve_for_resume, train, validation_items
+from cinn_sr.train import build_flow_task
+from cinn_sr.validation import validation_items
 from cli import main
 
 SMALL = {
@@ -133,9 +134,7 @@ def test_a_nan_batch_is_skipped_and_counted(cache, tmp_path):
     items = validation_items(None, patches, 1, 4)
     task = build_flow_task(model, config, items, tmp_path)
     info = ProcessInfo(0, 1, torch.device("cpu"))
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "samples").mkdir()
-    summary = run_loop(task, config, info, Poisoned(), tmp_path)
+    summary = run_loop(task, loop_settings(config), info, Poisoned(), tmp_path)
     assert summary["step"] == 5 and summary["skipped"] == 1
     records = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r}
     assert records[3]["loss"] is None and records[3]["nonfinite"] == "input batch"
@@ -160,7 +159,7 @@ def test_too_many_nonfinite_steps_stop_with_the_layer_named(cache, tmp_path):
     task.initialize = initialize_then_break
     info = ProcessInfo(0, 1, torch.device("cpu"))
     with pytest.raises(TrainingStopped) as error:
-        run_loop(task, config, info, patches, None)
+        run_loop(task, loop_settings(config), info, patches, None)
     message = str(error.value)
     assert "stopped at step 3: 3 non-finite steps in a row" in message
     assert "injector.subnet.4.bias" in message and "\n" not in message
@@ -175,8 +174,7 @@ def test_best_checkpoint_is_a_validated_one(cache, tmp_path):
     task = build_flow_task(_fresh_model(config), config, validation_items(None, patches, 1, 4),
                            tmp_path)
     task.validate = lambda step: {"val_nll_bpd": {2: 1.0, 4: 3.0, 6: 2.0}[step]}
-    (tmp_path / "checkpoints").mkdir()
-    run_loop(task, config, ProcessInfo(0, 1, torch.device("cpu")), patches, tmp_path)
+    run_loop(task, loop_settings(config), ProcessInfo(0, 1, torch.device("cpu")), patches, tmp_path)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["training"]["step"] == 2 and best["training"]["best"] == 1.0
 
@@ -249,7 +247,7 @@ def test_cli_train_with_an_unusable_val_leaves_no_run_folder(env_cache, tmp_path
 def test_a_full_preset_on_the_cpu_warns_and_names_the_small_presets():
     import warnings
 
-    from cinn_sr.train import warn_if_slow_on_cpu
+    from cinn_sr.driver import warn_if_slow_on_cpu
 
     full = resolve(TrainConfig, cli={"preset": "div2k-4x"})
     model = SRFlow.from_preset("div2k-4x")
