@@ -167,6 +167,8 @@ def train_step_fn(model, batch: int, hr_size: int, device):
     """One training step closure: Gaussian-dequantised NLL, backward, Adam step."""
     import torch
 
+    from cinn_sr.config import GAUSSIAN_NOISE_SIGMA
+
     g = torch.Generator().manual_seed(1)
     hr = synthetic(batch, hr_size, g).to(device)
     lr = torch.nn.functional.interpolate(hr, scale_factor=1 / model.config.scale,
@@ -175,7 +177,7 @@ def train_step_fn(model, batch: int, hr_size: int, device):
     model.train()
 
     def step():
-        loss = model.nll(lr, hr + torch.randn_like(hr) * (4 / 3**0.5 / 255)).mean()
+        loss = model.nll(lr, hr + torch.randn_like(hr) * GAUSSIAN_NOISE_SIGMA).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -4,7 +4,8 @@
                                  [--rrdb CKPT] [--nonfinite-samples 1000] [--out FILE.json]
 
 For every HR image of `--images` (never trained on) the LR is its MATLAB-bicubic downscale
-rounded to uint8 (SPEC 2, the `cinn-sr eval` convention: RGB, no border crop). Rows:
+rounded to uint8 (the `cinn-sr eval` convention of the SRFlow paper's experiments,
+section 5: RGB, no border crop). Rows:
 bicubic upscaling; the RRDB encoder's own SR output (the paper's L1 "RRDB" row; `--rrdb`
 takes another checkpoint's encoder, e.g. the `cinn-sr pretrain` run); the flow at
 temperature 0 and at 0.5 / 0.7 / 0.9 (PSNR, SSIM, LPIPS, LR-PSNR averaged over 3 samples;

@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from cinn_sr import metrics
-from cinn_sr.datasets import ImageFolderPairs, ImageReadError, list_images, read_image
+from cinn_sr.datasets import ImageFolderPairs, ImageReadError, list_images, read_image, to_tensor
 from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.lpips import LPIPS, load_lpips
-from cinn_sr.model import SRFlow
+from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
 from cinn_sr.sampling import (
     NONFINITE_REMEDY,
     NonFiniteOutputError,
@@ -109,7 +109,6 @@ class Scorer:
         self.lpips: LPIPS | None = load_lpips(lpips_weights, self.device) if needs_lpips else None
 
     def _lpips(self, samples: list[np.ndarray], hr: np.ndarray, spatial: bool) -> torch.Tensor:
-        to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float().div(255)  # noqa: E731
         target = to_tensor(hr)[None].to(self.device)
         with torch.inference_mode():
             return torch.cat(
@@ -230,7 +229,7 @@ def evaluate_model(
     hr_dir: str | os.PathLike,
     metric_names: Sequence[str] = ("psnr", "ssim", "lr_psnr"),
     lr_dir: str | os.PathLike | None = None,
-    temperature: float = 0.9,
+    temperature: float = DEFAULT_TEMPERATURE,
     samples: int = 1,
     convention: metrics.Convention = "srflow",
     seed: int = 0,

@@ -1,6 +1,6 @@
 """SRFlow's invertible network f(y; u) as a FrEIA GraphINN, built from `cinn_sr.blocks`.
 
-Per level l = 1..L, in the HR -> latent direction (SPEC 1.1):
+Per level l = 1..L, in the HR -> latent direction (SRFlow paper, section 3.3):
 
     Squeeze (C, H, W) -> (4C, H/2, W/2)
     n_transitions x TransitionStep (ActNorm -> InvConv1x1, no condition)

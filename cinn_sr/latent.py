@@ -1,4 +1,4 @@
-"""Editing images through the flow's latent space (SRFlow paper, section 4; SPEC 1.5).
+"""Editing images through the flow's latent space (SRFlow paper, section 4).
 
 Encoding an image ``y`` with an LR ``x`` gives latents ``z = f(y; g(x))``, one tensor per
 level, each standard normal under the model. Decoding modified latents, or the same latents
@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from cinn_sr.datasets import imresize
+from cinn_sr.datasets import imresize, scaled_size_mismatch
 from cinn_sr.model import SRFlow, check_temperature
 
 Mode = Literal["global", "local", "spatial"]
@@ -59,7 +59,7 @@ def normalize_latents(
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
-    """Re-draw the first two moments of each collection of latent entries (SPEC 1.5).
+    """Re-draw the first two moments of each collection of latent entries (paper, section 4).
 
     For a collection Z~ of N entries with empirical mean m~ and std s~ (N - 1 denominator),
     draw ``m ~ N(0, tau^2 / N)`` and ``s^2 ~ Gamma((N - 1) / 2, scale 2 tau^2 / (N - 1))`` and
@@ -123,10 +123,11 @@ def check_sizes(scale: int, lr: torch.Tensor, *images: torch.Tensor) -> None:
     lr_h, lr_w = lr.shape[-2:]
     for image in images:
         h, w = image.shape[-2:]
-        if (h, w) != (lr_h * scale, lr_w * scale):
+        expected = scaled_size_mismatch(scale, (lr_h, lr_w), (h, w))
+        if expected is not None:
             raise ValueError(
                 f"{h}x{w} does not fit the {lr_h}x{lr_w} LR at {scale}x "
-                f"(expected {lr_h * scale}x{lr_w * scale})"
+                f"(expected {expected[0]}x{expected[1]})"
             )
 
 

@@ -1,4 +1,4 @@
-"""Image quality metrics under the two conventions of SPEC section 2.
+"""Image quality metrics under two conventions: the SRFlow paper's (section 5) and BasicSR's.
 
 Every metric takes images as uint8 ``H x W x 3`` RGB arrays; float images (numpy or torch,
 ``[3, H, W]`` or ``[H, W, 3]``, values in [0, 1]) are first rounded to uint8 (``to_uint8``),

@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cinn_sr.datasets import scaled_size_mismatch
 from cinn_sr.encoder import RRDBEncoder
 from cinn_sr.flow import build_flow, latent_shapes, named_flow_modules
 from cinn_sr.presets import SRFlowConfig, preset
 
 LOG_2PI = math.log(2 * math.pi)
+DEFAULT_TEMPERATURE = 0.9
+"""The sampling temperature of the SRFlow paper's DIV2K results (section 5)."""
 
 
 def _pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
@@ -106,7 +109,7 @@ class SRFlow(nn.Module):
         self._check_image("HR", hr)
         if lr.dim() != 4 or hr.dim() != 4:
             raise ValueError(f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}")
-        if tuple(hr.shape[-2:]) != (lr.shape[-2] * s, lr.shape[-1] * s):
+        if scaled_size_mismatch(s, lr.shape[-2:], hr.shape[-2:]) is not None:
             raise ValueError(
                 f"HR size {tuple(hr.shape[-2:])} is not {s}x the LR size {tuple(lr.shape[-2:])}"
             )
@@ -207,7 +210,7 @@ class SRFlow(nn.Module):
     def sample(
         self,
         lr: Tensor,
-        temperature: float = 0.9,
+        temperature: float = DEFAULT_TEMPERATURE,
         n: int = 1,
         generator: torch.Generator | None = None,
         cond: list[Tensor] | None = None,

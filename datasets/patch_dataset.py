@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .images import to_tensor
 from .pack import PATCH_FILE_FORMAT
 
 __all__ = ["PatchFileError", "PatchDataset", "read_patch_attrs"]
@@ -75,13 +76,6 @@ def _check_layout(name: str, attrs: dict[str, Any], handle: h5py.File) -> None:
         )
 
 
-def _to_float_chw(patch: np.ndarray) -> torch.Tensor:
-    """uint8 HWC -> float32 CHW in [0, 1] (in numpy: no torch thread pool for small work)."""
-    chw = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32)
-    chw /= 255.0
-    return torch.from_numpy(chw)
-
-
 class PatchDataset(Dataset):
     """``(hr, lr)`` float tensors in [0, 1], ``[3, P, P]`` and ``[3, P/s, P/s]``.
 
@@ -124,7 +118,7 @@ class PatchDataset(Dataset):
             if flip:
                 hr, lr = hr[:, ::-1], lr[:, ::-1]
             hr, lr = np.rot90(hr, turns, axes=(0, 1)), np.rot90(lr, turns, axes=(0, 1))
-        return _to_float_chw(hr), _to_float_chw(lr)
+        return to_tensor(hr), to_tensor(lr)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -1,4 +1,4 @@
-"""RRDBEncoder: the per-level conditions of SPEC 1.3, parameter names and counts."""
+"""RRDBEncoder: the per-level conditions (SRFlow paper, section 3.3), parameter names and counts."""
 
 import re
 
@@ -89,7 +89,7 @@ def test_reference_parameter_names_and_counts(name):
     assert head == sorted(f"{c}.{p}" for c in convs for p in ("weight", "bias"))
     n_params = sum(p.numel() for p in encoder.parameters())
     expected = {"div2k-4x": 16_697_987, "celeba-8x": 5_943_555}[name]
-    assert n_params == expected  # SPEC 1.1: 16.7 M and 5.9 M
+    assert n_params == expected  # the reference code (andreas128/SRFlow): 16.7 M and 5.9 M
 
 
 def test_growth_and_width_come_from_the_config():

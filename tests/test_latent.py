@@ -1,4 +1,4 @@
-"""Latent-space editing (cinn_sr.latent, SPEC 1.5)."""
+"""Latent-space editing (cinn_sr.latent; SRFlow paper, section 4)."""
 
 import math
 from pathlib import Path

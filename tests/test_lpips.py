@@ -1,4 +1,4 @@
-"""LPIPS-alex v0.1 against the official values on pyiqa's calibration pairs (SPEC 2), weight
+"""LPIPS-alex v0.1 against the official values on pyiqa's calibration pairs, weight
 provisioning and the restricted unpickler.
 
 The weights come from `cinn-sr lpips-weights` (which .ci/run runs); the calibration images
@@ -23,6 +23,7 @@ from PIL import Image
 
 from cinn_sr.lpips import (
     LPIPS,
+    WEIGHTS_FILENAME,
     LPIPSWeightsError,
     load_lpips,
     lpips_weights_path,
@@ -191,7 +192,7 @@ def test_torchvision_trunk_needs_heads(tmp_path):
 
 def test_missing_weights_error_names_file_and_command(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    expected = tmp_path / "torch" / "hub" / "checkpoints" / "cinn_sr_lpips_alex_v0.1.pt"
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILENAME
     assert lpips_weights_path() == expected
     with pytest.raises(LPIPSWeightsError) as caught:
         load_lpips()

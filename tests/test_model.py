@@ -219,7 +219,8 @@ def test_split_every_level_layout():
 def test_full_preset_parameter_counts(name, millions):
     model = SRFlow.from_preset(name)
     n = sum(p.numel() for p in model.parameters())
-    assert abs(n / 1e6 - millions) < 0.01  # SPEC 1.1 (the reference minus flowUpsamplerNet.f)
+    # the reference code's (andreas128/SRFlow) counts minus its unused flowUpsamplerNet.f
+    assert abs(n / 1e6 - millions) < 0.01
     steps = [k for k in model.flow_modules() if ".step" in k or ".transition" in k]
     assert len(steps) == {"div2k-4x": 54, "div2k-8x": 72, "celeba-8x": 72}[name]
 
