@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 PROFILES = {
     # tiny presets: exercises every case in about a minute
@@ -690,9 +691,16 @@ def main() -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(path + ".tmp", path)
+    """``text`` and a newline to ``path`` through `cinn_sr.datasets.atomic.atomic_write_text`,
+    loaded from its file: importing the `cinn_sr.datasets` package would import torch, which
+    the parent never does."""
+    import importlib.util
+
+    atomic_file = Path(__file__).resolve().parents[1] / "datasets" / "atomic.py"
+    spec = importlib.util.spec_from_file_location("_cinn_sr_atomic", atomic_file)
+    atomic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(atomic)
+    atomic.atomic_write_text(path, text + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from cinn_sr.sampling import SAMPLE_TEMPERATURE
 LABEL_HEIGHT, GAP = 18, 4
 
 
-def panels(model, hr: torch.Tensor, temperature: float, seed: int) -> list[tuple[str, torch.Tensor]]:
+def panels(
+    model, hr: torch.Tensor, temperature: float, seed: int
+) -> list[tuple[str, torch.Tensor]]:
     scale = model.config.scale
     lr = imresize(hr[None], 1 / scale).clamp(0, 1)
     lr = (lr * 255).round() / 255
@@ -65,7 +67,9 @@ def main() -> None:
     parser.add_argument("--image", default="recipes/small-4x/val/Path_0.png")
     parser.add_argument("--temperature", type=float, default=SAMPLE_TEMPERATURE)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crop", type=int, nargs=3, default=(150, 170, 64), metavar=("Y", "X", "SIZE"))
+    parser.add_argument(
+        "--crop", type=int, nargs=3, default=(150, 170, 64), metavar=("Y", "X", "SIZE")
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/small-4x.png"))
     args = parser.parse_args()
     model = cinn_sr.load(args.model)

@@ -28,6 +28,7 @@ import torch
 
 import cinn_sr
 from cinn_sr.datasets import ImageFolderPairs, imresize
+from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.evaluate import Scorer
 from cinn_sr.metrics import lr_psnr, psnr, to_uint8
 
@@ -171,8 +172,7 @@ def main() -> None:
         print(f"{'met ' if met else 'MISS'}  {c}: {f}")
     print(f"({results['seconds']:.0f} s)")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 

@@ -63,7 +63,8 @@ class EvaluationResult:
 
     @property
     def mean(self) -> dict[str, float]:
-        """Each metric averaged over the images (inf when any image scores inf, e.g. PSNR of a copy)."""
+        """Each metric averaged over the images (inf when any image scores inf, e.g. PSNR of a
+        copy)."""
         return {m: float(np.mean([image[m] for image in self.images])) for m in self.metrics}
 
     def to_dict(self) -> dict:

@@ -48,7 +48,9 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
     size = config.hr_multiple
     hr = InputNode(config.in_channels, size, size, name="hr")
     conditions = [
-        ConditionNode(config.cond_channels, size >> level, size >> level, name=f"L{level}.condition")
+        ConditionNode(
+            config.cond_channels, size >> level, size >> level, name=f"L{level}.condition"
+        )
         for level in range(1, config.L + 1)
     ]
     nodes: list = [hr, *conditions]

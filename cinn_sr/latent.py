@@ -35,7 +35,9 @@ def mask_at_level(mask: torch.Tensor, level_hw: tuple[int, int]) -> torch.Tensor
     inside = _inside(mask)
     (hr_h, hr_w), (h, w) = inside.shape[-2:], level_hw
     if hr_h % h or hr_w % w:
-        raise ValueError(f"mask of {hr_h}x{hr_w} HR pixels does not map onto a {h}x{w} latent level")
+        raise ValueError(
+            f"mask of {hr_h}x{hr_w} HR pixels does not map onto a {h}x{w} latent level"
+        )
     if (hr_h // h, hr_w // w) == (1, 1):
         return inside
     return F.max_pool2d(inside.float(), kernel_size=(hr_h // h, hr_w // w)) > 0
@@ -155,7 +157,8 @@ def style_transfer(
     features: the result has the target's content and the source's detail ("style")."""
     if target_lr.shape != source_lr.shape:
         raise ValueError(
-            f"target LR {list(target_lr.shape)} must have the source LR's shape {list(source_lr.shape)}"
+            f"target LR {list(target_lr.shape)} must have the source LR's shape "
+            f"{list(source_lr.shape)}"
         )
     check_sizes(model.config.scale, source_lr, source_hr)
     return model.decode(target_lr, model.encode(source_lr, source_hr))

@@ -108,7 +108,9 @@ class SRFlow(nn.Module):
         self._check_image("LR", lr)
         self._check_image("HR", hr)
         if lr.dim() != 4 or hr.dim() != 4:
-            raise ValueError(f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}")
+            raise ValueError(
+                f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}"
+            )
         if scaled_size_mismatch(s, lr.shape[-2:], hr.shape[-2:]) is not None:
             raise ValueError(
                 f"HR size {tuple(hr.shape[-2:])} is not {s}x the LR size {tuple(lr.shape[-2:])}"
@@ -228,7 +230,8 @@ class SRFlow(nn.Module):
         with torch.inference_mode():
             cond = self._condition(lr, cond)
             device, dtype = cond[0].device, cond[0].dtype
-            shapes = self.latent_shapes(lr.shape[-2] * self.config.scale, lr.shape[-1] * self.config.scale)
+            scale = self.config.scale
+            shapes = self.latent_shapes(lr.shape[-2] * scale, lr.shape[-1] * scale)
             batch = lr.shape[0] * n
             if temperature == 0:
                 latents = [torch.zeros(batch, *s, device=device, dtype=dtype) for s in shapes]

@@ -79,7 +79,8 @@ def describe_nonfinite(items: Sequence[tuple[str, float]], shown: int = 5) -> st
 
 @dataclass(frozen=True)
 class Window:
-    """One tile along one axis, in LR pixels: decoded over [start, stop), owning [core_start, core_stop)."""
+    """One tile along one axis, in LR pixels: decoded over [start, stop), owning
+    [core_start, core_stop)."""
 
     start: int
     stop: int
@@ -232,10 +233,14 @@ class SampleSummary:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
         line = (
             f"wrote {len(self.written)} images to {self.out_dir} ({_count(self.inputs, 'input')} x "
-            f"{_count(len(self.temperatures), 'temperature')} ({temps}) x {_count(self.samples, 'sample')})"
+            f"{_count(len(self.temperatures), 'temperature')} ({temps}) x "
+            f"{_count(self.samples, 'sample')})"
         )
         if self.skipped:
-            line += f"; skipped {_count(len(self.skipped), 'unreadable input')}: " + "; ".join(self.skipped)
+            line += (
+                f"; skipped {_count(len(self.skipped), 'unreadable input')}: "
+                + "; ".join(self.skipped)
+            )
         if self.nonfinite:
             line += (
                 f"; not written, with NaN/inf pixels: {_count(len(self.nonfinite), 'sample')} "

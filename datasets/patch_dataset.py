@@ -49,10 +49,14 @@ def _check_layout(name: str, attrs: dict[str, Any], handle: h5py.File) -> None:
     for key in ("scale", "patch"):
         value = attrs.get(key)
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise PatchFileError(f"{name}: attribute '{key}' must be a positive integer, got {value!r}")
+            raise PatchFileError(
+                f"{name}: attribute '{key}' must be a positive integer, got {value!r}"
+            )
     scale, patch = int(attrs["scale"]), int(attrs["patch"])
     if patch % scale:
-        raise PatchFileError(f"{name}: attribute 'patch' {patch} is not a multiple of 'scale' {scale}")
+        raise PatchFileError(
+            f"{name}: attribute 'patch' {patch} is not a multiple of 'scale' {scale}"
+        )
     counts = set()
     for key, side in (("hr", patch), ("lr", patch // scale)):
         data = handle[key]

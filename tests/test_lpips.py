@@ -237,11 +237,15 @@ def test_heads_with_torchvision_checkpoint_from_the_hub_cache(tmp_path, monkeypa
 def test_cli_lpips_weights_png_and_unwritable_out_are_one_line_errors(tmp_path):
     image = tmp_path / "cat.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-    png = CliRunner().invoke(main, ["lpips-weights", "--from", str(image), "--out", str(tmp_path / "w.pt")])
+    png = CliRunner().invoke(
+        main, ["lpips-weights", "--from", str(image), "--out", str(tmp_path / "w.pt")]
+    )
     assert png.exit_code == 1 and isinstance(png.exception, SystemExit), png.output
     assert len(png.output.strip().splitlines()) == 1 and "cat.png" in png.output
     ckpt = tmp_path / "alexnet.ckpt"
     ckpt.write_bytes(pickle.dumps(_flax_params(_fake_lpips_state(2))))
-    out = CliRunner().invoke(main, ["lpips-weights", "--from", str(ckpt), "--out", str(image / "w.pt")])
+    out = CliRunner().invoke(
+        main, ["lpips-weights", "--from", str(ckpt), "--out", str(image / "w.pt")]
+    )
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), (out.output, out.exception)
     assert out.output.startswith("Error: ")
