@@ -2,7 +2,9 @@
 
 Each command calls one library function and prints what it returns; `one_line_errors` turns
 the library's errors into click's one-line errors in one place. Imports of the library are
-inside the commands, so `--help` and `--version` do not import torch.
+inside the commands, so `--help` and `--version` do not import torch; for the same reason the
+defaults that `--help` shows are written here, and tests/test_cli.py checks that they are the
+library's (`PATCH_SIZE`, `PER_IMAGE`, `SAMPLE_TEMPERATURE`, `DEFAULT_TEMPERATURE`).
 """
 
 import math
@@ -40,6 +42,8 @@ class Checkpoint(click.ParamType):
 
 CHECKPOINT = Checkpoint()
 SEED = click.IntRange(0, 2**63 - 1)
+SAMPLE_TEMPERATURE = 0.7
+"""`cinn-sr sample`'s default (cinn_sr.sampling.SAMPLE_TEMPERATURE)."""
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:N."
 
 
@@ -255,7 +259,8 @@ def sample(
         compile_model_flow(model)
     with one_line_errors():
         summary = sample_files(
-            model, inputs, out, temperatures or (0.7,), samples, seed, tile, tile_overlap
+            model, inputs, out, temperatures or (SAMPLE_TEMPERATURE,), samples, seed, tile,
+            tile_overlap,
         )
     click.echo(summary.line())
     if summary.nonfinite:

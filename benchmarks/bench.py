@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 PROFILES = {
     # tiny presets: exercises every case in about a minute
@@ -167,6 +168,8 @@ def train_step_fn(model, batch: int, hr_size: int, device):
     """One training step closure: Gaussian-dequantised NLL, backward, Adam step."""
     import torch
 
+    from cinn_sr.config import GAUSSIAN_NOISE_SIGMA
+
     g = torch.Generator().manual_seed(1)
     hr = synthetic(batch, hr_size, g).to(device)
     lr = torch.nn.functional.interpolate(hr, scale_factor=1 / model.config.scale,
@@ -175,7 +178,7 @@ def train_step_fn(model, batch: int, hr_size: int, device):
     model.train()
 
     def step():
-        loss = model.nll(lr, hr + torch.randn_like(hr) * (4 / 3**0.5 / 255)).mean()
+        loss = model.nll(lr, hr + torch.randn_like(hr) * GAUSSIAN_NOISE_SIGMA).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -688,9 +691,16 @@ def main() -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(path + ".tmp", path)
+    """``text`` and a newline to ``path`` through `cinn_sr.datasets.atomic.atomic_write_text`,
+    loaded from its file: importing the `cinn_sr.datasets` package would import torch, which
+    the parent never does."""
+    import importlib.util
+
+    atomic_file = Path(__file__).resolve().parents[1] / "datasets" / "atomic.py"
+    spec = importlib.util.spec_from_file_location("_cinn_sr_atomic", atomic_file)
+    atomic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(atomic)
+    atomic.atomic_write_text(path, text + "\n")
 
 
 if __name__ == "__main__":

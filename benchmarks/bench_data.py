@@ -101,7 +101,8 @@ def main() -> None:
             print(
                 f"pack x{repeat}: {run['images']} images -> {run['patches']} patches (160/40, x4) "
                 f"in {run['seconds']:.1f} s = {run['images'] / run['seconds']:.2f} images/s, "
-                f"{run['patches'] / run['seconds']:.0f} patches/s; peak RSS {run['peak_mib']:.0f} MiB; "
+                f"{run['patches'] / run['seconds']:.0f} patches/s; "
+                f"peak RSS {run['peak_mib']:.0f} MiB; "
                 f"file {size_mib:.1f} MiB ({args.compression})"
             )
         growth = runs[args.repeat]["peak_mib"] / runs[1]["peak_mib"]

@@ -154,9 +154,9 @@ def main() -> None:
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(args.out + ".tmp", args.out)
+        from cinn_sr.datasets.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import cinn_sr
-from cinn_sr.datasets import imresize, read_image, write_image
+from cinn_sr.datasets import imresize, read_image, to_tensor, write_image
+from cinn_sr.sampling import SAMPLE_TEMPERATURE
 
 LABEL_HEIGHT, GAP = 18, 4
 
 
-def panels(model, hr: torch.Tensor, temperature: float, seed: int) -> list[tuple[str, torch.Tensor]]:
+def panels(
+    model, hr: torch.Tensor, temperature: float, seed: int
+) -> list[tuple[str, torch.Tensor]]:
     scale = model.config.scale
     lr = imresize(hr[None], 1 / scale).clamp(0, 1)
     lr = (lr * 255).round() / 255
@@ -62,13 +65,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small-4x")
     parser.add_argument("--image", default="recipes/small-4x/val/Path_0.png")
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=SAMPLE_TEMPERATURE)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crop", type=int, nargs=3, default=(150, 170, 64), metavar=("Y", "X", "SIZE"))
+    parser.add_argument(
+        "--crop", type=int, nargs=3, default=(150, 170, 64), metavar=("Y", "X", "SIZE")
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/small-4x.png"))
     args = parser.parse_args()
     model = cinn_sr.load(args.model)
-    hr = torch.from_numpy(read_image(args.image)).permute(2, 0, 1).float() / 255
+    hr = to_tensor(read_image(args.image))
     with torch.inference_mode():
         row = panels(model, hr, args.temperature, args.seed)
     y, x, size = args.crop

@@ -4,7 +4,8 @@
                                  [--rrdb CKPT] [--nonfinite-samples 1000] [--out FILE.json]
 
 For every HR image of `--images` (never trained on) the LR is its MATLAB-bicubic downscale
-rounded to uint8 (SPEC 2, the `cinn-sr eval` convention: RGB, no border crop). Rows:
+rounded to uint8 (the `cinn-sr eval` convention of the SRFlow paper's experiments,
+section 5: RGB, no border crop). Rows:
 bicubic upscaling; the RRDB encoder's own SR output (the paper's L1 "RRDB" row; `--rrdb`
 takes another checkpoint's encoder, e.g. the `cinn-sr pretrain` run); the flow at
 temperature 0 and at 0.5 / 0.7 / 0.9 (PSNR, SSIM, LPIPS, LR-PSNR averaged over 3 samples;
@@ -27,6 +28,7 @@ import torch
 
 import cinn_sr
 from cinn_sr.datasets import ImageFolderPairs, imresize
+from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.evaluate import Scorer
 from cinn_sr.metrics import lr_psnr, psnr, to_uint8
 
@@ -170,8 +172,7 @@ def main() -> None:
         print(f"{'met ' if met else 'MISS'}  {c}: {f}")
     print(f"({results['seconds']:.0f} s)")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 

@@ -1,4 +1,4 @@
-"""Conditional affine blocks of SRFlow (SPEC 1.2): the affine injector and the coupling.
+"""SRFlow's conditional affine blocks (paper, section 3.2): the affine injector and the coupling.
 
 Both compute h = F(...) with the subnet of `subnet.py`, take the shift from the even
 channels and the raw scale s from the odd ones ("cross" split, as the reference code),

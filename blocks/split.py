@@ -1,4 +1,5 @@
-"""Split with a learned Gaussian prior on the emitted half (SRFlow's Split2d, SPEC 1.1).
+"""Split with a learned Gaussian prior on the emitted half (SRFlow paper, section 3.3; the
+reference code (andreas128/SRFlow) calls it Split2d).
 
     forward:  x -> (z1, eps) with z1 = x[:, :C//2] (kept), z2 = x[:, C//2:] (emitted),
               (mean, logstd) = cross split of conv(z1), eps = (z2 - mean) / exp(logstd)

@@ -1,4 +1,4 @@
-"""The subnetwork F(c_in, c_out) of the affine blocks (SRFlow, SPEC 1.2).
+"""The subnetwork F(c_in, c_out) of the affine blocks (SRFlow paper, section 3.2).
 
     [0] 3x3 conv c_in -> hidden, no bias, weights ~ N(0, 0.05), then ActNorm
     [1] ReLU

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import torch
 
-from cinn_sr.datasets import read_image
+from cinn_sr.datasets import check_scaled_size, read_image, to_tensor
 
 
 def read_rgb(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.Tensor:
     """An image file as a [1, 3, H, W] float tensor in [0, 1]."""
-    pixels = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None]
-    return pixels.to(device=device, dtype=torch.float32) / 255
+    return to_tensor(read_image(path))[None].to(device)
 
 
 def read_mask(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -37,20 +36,14 @@ def read_mask(path: str | os.PathLike, device: torch.device | str = "cpu") -> to
     return inside.to(device)
 
 
-def _size(tensor: torch.Tensor) -> str:
-    return f"{tensor.shape[-2]}x{tensor.shape[-1]}"
-
-
 def check_fit(
     scale: int, lr: tuple[str, torch.Tensor], *hr_side: tuple[str, torch.Tensor]
 ) -> None:
     """Raise ValueError, one line naming the files and sizes, unless each (name, tensor) of
-    ``hr_side`` is ``scale`` times the size of the (name, tensor) ``lr``."""
-    lr_name, lr_tensor = lr
-    expected = (lr_tensor.shape[-2] * scale, lr_tensor.shape[-1] * scale)
-    for name, tensor in hr_side:
-        if tuple(tensor.shape[-2:]) != expected:
-            raise ValueError(
-                f"{name} is {_size(tensor)} but {lr_name} ({_size(lr_tensor)}) at the "
-                f"checkpoint's {scale}x needs {expected[0]}x{expected[1]}"
-            )
+    ``hr_side`` is ``scale`` times the size of the (name, tensor) ``lr`` (``check_scaled_size``)."""
+    check_scaled_size(
+        scale,
+        (lr[0], lr[1].shape[-2:]),
+        *((name, tensor.shape[-2:]) for name, tensor in hr_side),
+        scale_text=f"the checkpoint's {scale}x",
+    )

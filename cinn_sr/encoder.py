@@ -51,9 +51,11 @@ class RRDBEncoder(nn.Module):
     `forward(lr)` returns one condition per flow level, HR side first: at a level whose
     resolution is f times the LR's, the base feature is the x f output of ESRGAN's
     upsampling path (nearest x2, 3x3 conv, LeakyReLU 0.2) for f >= 2, the LR trunk feature
-    for f = 1, and a bilinear x f resize of it for f < 1. (The reference code reads its
-    upsampled features after the activation: its in-place LeakyReLU overwrites them.) the stacked trunk block outputs, nearest-resized to that resolution, follow it
-    along channels. Only the upsampling convs the levels need are run. `sr(lr)` is the full
+    for f = 1, and a bilinear x f resize of the LR trunk feature for f < 1. The upsampled
+    features are taken after the LeakyReLU, as in the reference code (andreas128/SRFlow),
+    whose in-place activation overwrites the features it stores. The stacked trunk block
+    outputs, nearest-resized to the level's resolution, follow the base feature along
+    channels. Only the upsampling convs the levels need are run. `sr(lr)` is the full
     ESRGAN output (through `HRconv` and `conv_last`), used for L1 pre-training only.
     """
 

@@ -28,10 +28,11 @@ from cinn_sr.datasets import (
     OptionError,
     list_images,
     read_image,
+    to_tensor,
 )
 from cinn_sr.datasets.atomic import atomic_write_text
 from cinn_sr.lpips import LPIPS, load_lpips
-from cinn_sr.model import SRFlow
+from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
 from cinn_sr.sampling import (
     NONFINITE_REMEDY,
     NonFiniteOutputError,
@@ -69,7 +70,8 @@ class EvaluationResult:
 
     @property
     def mean(self) -> dict[str, float]:
-        """Each metric averaged over the images (inf when any image scores inf, e.g. PSNR of a copy)."""
+        """Each metric averaged over the images (inf when any image scores inf, e.g. PSNR of a
+        copy)."""
         return {m: float(np.mean([image[m] for image in self.images])) for m in self.metrics}
 
     def to_dict(self) -> dict:
@@ -115,7 +117,6 @@ class Scorer:
         self.lpips: LPIPS | None = load_lpips(lpips_weights, self.device) if needs_lpips else None
 
     def _lpips(self, samples: list[np.ndarray], hr: np.ndarray, spatial: bool) -> torch.Tensor:
-        to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float().div(255)  # noqa: E731
         target = to_tensor(hr)[None].to(self.device)
         with torch.inference_mode():
             return torch.cat(
@@ -236,7 +237,7 @@ def evaluate_model(
     hr_dir: str | os.PathLike,
     metric_names: Sequence[str] = ("psnr", "ssim", "lr_psnr"),
     lr_dir: str | os.PathLike | None = None,
-    temperature: float = 0.9,
+    temperature: float = DEFAULT_TEMPERATURE,
     samples: int = 1,
     convention: metrics.Convention = "srflow",
     seed: int = 0,

@@ -11,8 +11,6 @@
   contiguous float32 tensors, so the flow (whose log-determinants need the precision)
   stays float32. Meant for CUDA (tensor cores); on CPU bfloat16 is usually slower and
   channels-last gains little.
-- `enable_fast_path(model, device, compile=False)`: what `sample`/`train` use: the encoder
-  options on CUDA only, and the flow compiled on request.
 
 The always-on fast path lives in the model itself: LU 1x1 convolutions (log-det = sum of
 log|s|, inverse by triangular solves), the encoder run once per LR and every
@@ -31,7 +29,7 @@ from torch import Tensor
 
 from cinn_sr.model import SRFlow
 
-__all__ = ["compile_flow", "fast_encoder", "enable_fast_path", "is_flow_compiled"]
+__all__ = ["compile_flow", "fast_encoder", "is_flow_compiled"]
 
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
@@ -121,14 +119,3 @@ def fast_encoder(model: SRFlow, channels_last: bool = True, bf16: bool = True) -
 
     encoder.forward = forward
 
-
-def enable_fast_path(model: SRFlow, compile: bool = False, **compile_options) -> dict:
-    """The fast-path options for the model's device: on CUDA the encoder runs channels-last
-    under bfloat16 autocast; with `compile` the flow is compiled (`compile_flow`).
-    Returns what was enabled: {"encoder_channels_last_bf16": bool, "compiled_flow": bool}.
-    """
-    on_cuda = next(model.parameters()).is_cuda
-    if on_cuda:
-        fast_encoder(model, channels_last=True, bf16=True)
-    compiled = compile_flow(model, **compile_options) if compile else False
-    return {"encoder_channels_last_bf16": on_cuda, "compiled_flow": compiled}

@@ -1,6 +1,6 @@
 """SRFlow's invertible network f(y; u) as a FrEIA GraphINN, built from `cinn_sr.blocks`.
 
-Per level l = 1..L, in the HR -> latent direction (SPEC 1.1):
+Per level l = 1..L, in the HR -> latent direction (SRFlow paper, section 3.3):
 
     Squeeze (C, H, W) -> (4C, H/2, W/2)
     n_transitions x TransitionStep (ActNorm -> InvConv1x1, no condition)
@@ -48,7 +48,9 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
     size = config.hr_multiple
     hr = InputNode(config.in_channels, size, size, name="hr")
     conditions = [
-        ConditionNode(config.cond_channels, size >> level, size >> level, name=f"L{level}.condition")
+        ConditionNode(
+            config.cond_channels, size >> level, size >> level, name=f"L{level}.condition"
+        )
         for level in range(1, config.L + 1)
     ]
     nodes: list = [hr, *conditions]

@@ -1,4 +1,4 @@
-"""Editing images through the flow's latent space (SRFlow paper, section 4; SPEC 1.5).
+"""Editing images through the flow's latent space (SRFlow paper, section 4).
 
 Encoding an image ``y`` with an LR ``x`` gives latents ``z = f(y; g(x))``, one tensor per
 level, each standard normal under the model. Decoding modified latents, or the same latents
@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from cinn_sr.datasets import imresize
+from cinn_sr.datasets import imresize, scaled_size_mismatch
 from cinn_sr.model import SRFlow, check_temperature
 
 Mode = Literal["global", "local", "spatial"]
@@ -35,7 +35,9 @@ def mask_at_level(mask: torch.Tensor, level_hw: tuple[int, int]) -> torch.Tensor
     inside = _inside(mask)
     (hr_h, hr_w), (h, w) = inside.shape[-2:], level_hw
     if hr_h % h or hr_w % w:
-        raise ValueError(f"mask of {hr_h}x{hr_w} HR pixels does not map onto a {h}x{w} latent level")
+        raise ValueError(
+            f"mask of {hr_h}x{hr_w} HR pixels does not map onto a {h}x{w} latent level"
+        )
     if (hr_h // h, hr_w // w) == (1, 1):
         return inside
     return F.max_pool2d(inside.float(), kernel_size=(hr_h // h, hr_w // w)) > 0
@@ -59,7 +61,7 @@ def normalize_latents(
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
-    """Re-draw the first two moments of each collection of latent entries (SPEC 1.5).
+    """Re-draw the first two moments of each collection of latent entries (paper, section 4).
 
     For a collection Z~ of N entries with empirical mean m~ and std s~ (N - 1 denominator),
     draw ``m ~ N(0, tau^2 / N)`` and ``s^2 ~ Gamma((N - 1) / 2, scale 2 tau^2 / (N - 1))`` and
@@ -123,10 +125,11 @@ def check_sizes(scale: int, lr: torch.Tensor, *images: torch.Tensor) -> None:
     lr_h, lr_w = lr.shape[-2:]
     for image in images:
         h, w = image.shape[-2:]
-        if (h, w) != (lr_h * scale, lr_w * scale):
+        expected = scaled_size_mismatch(scale, (lr_h, lr_w), (h, w))
+        if expected is not None:
             raise ValueError(
                 f"{h}x{w} does not fit the {lr_h}x{lr_w} LR at {scale}x "
-                f"(expected {lr_h * scale}x{lr_w * scale})"
+                f"(expected {expected[0]}x{expected[1]})"
             )
 
 
@@ -154,7 +157,8 @@ def style_transfer(
     features: the result has the target's content and the source's detail ("style")."""
     if target_lr.shape != source_lr.shape:
         raise ValueError(
-            f"target LR {list(target_lr.shape)} must have the source LR's shape {list(source_lr.shape)}"
+            f"target LR {list(target_lr.shape)} must have the source LR's shape "
+            f"{list(source_lr.shape)}"
         )
     check_sizes(model.config.scale, source_lr, source_hr)
     return model.decode(target_lr, model.encode(source_lr, source_hr))

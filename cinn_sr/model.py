@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cinn_sr.datasets import scaled_size_mismatch
 from cinn_sr.encoder import RRDBEncoder
 from cinn_sr.flow import build_flow, latent_shapes, named_flow_modules
 from cinn_sr.presets import SRFlowConfig, preset
 
 LOG_2PI = math.log(2 * math.pi)
+DEFAULT_TEMPERATURE = 0.9
+"""The sampling temperature of the SRFlow paper's DIV2K results (section 5)."""
 
 
 def _pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
@@ -105,8 +108,10 @@ class SRFlow(nn.Module):
         self._check_image("LR", lr)
         self._check_image("HR", hr)
         if lr.dim() != 4 or hr.dim() != 4:
-            raise ValueError(f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}")
-        if tuple(hr.shape[-2:]) != (lr.shape[-2] * s, lr.shape[-1] * s):
+            raise ValueError(
+                f"expected NCHW tensors, got LR {tuple(lr.shape)}, HR {tuple(hr.shape)}"
+            )
+        if scaled_size_mismatch(s, lr.shape[-2:], hr.shape[-2:]) is not None:
             raise ValueError(
                 f"HR size {tuple(hr.shape[-2:])} is not {s}x the LR size {tuple(lr.shape[-2:])}"
             )
@@ -207,7 +212,7 @@ class SRFlow(nn.Module):
     def sample(
         self,
         lr: Tensor,
-        temperature: float = 0.9,
+        temperature: float = DEFAULT_TEMPERATURE,
         n: int = 1,
         generator: torch.Generator | None = None,
         cond: list[Tensor] | None = None,
@@ -225,7 +230,8 @@ class SRFlow(nn.Module):
         with torch.inference_mode():
             cond = self._condition(lr, cond)
             device, dtype = cond[0].device, cond[0].dtype
-            shapes = self.latent_shapes(lr.shape[-2] * self.config.scale, lr.shape[-1] * self.config.scale)
+            scale = self.config.scale
+            shapes = self.latent_shapes(lr.shape[-2] * scale, lr.shape[-1] * scale)
             batch = lr.shape[0] * n
             if temperature == 0:
                 latents = [torch.zeros(batch, *s, device=device, dtype=dtype) for s in shapes]

@@ -95,8 +95,10 @@ class SRFlowConfig:
                     isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in value
                 )
             if not ok:
-                expected = {"int": "an integer", "float": "a finite number", "bool": "true or false",
-                            "str": "a string"}.get(kind, "a list of integers")
+                expected = {
+                    "int": "an integer", "float": "a finite number", "bool": "true or false",
+                    "str": "a string",
+                }.get(kind, "a list of integers")
                 raise ValueError(f"{f.name} must be {expected}, got {value!r}")
 
     @property

@@ -9,7 +9,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import ImageReadError, list_images, read_image
+from .images import (
+    ImageReadError,
+    check_scaled_size,
+    list_images,
+    lr_files_by_stem,
+    read_image,
+    to_tensor,
+)
 from .resize import imresize
 
 __all__ = ["ImageFolderPairs", "crop_to_multiple"]
@@ -19,10 +26,6 @@ def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:
     """Crop an ``H x W x C`` image at the bottom/right so both sides are multiples of scale."""
     height, width = image.shape[:2]
     return image[: height - height % scale, : width - width % scale]
-
-
-def _to_float_chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 class ImageFolderPairs(Dataset):
@@ -50,10 +53,7 @@ class ImageFolderPairs(Dataset):
         if lr_dir is not None:
             if not Path(lr_dir).is_dir():
                 raise ValueError(f"{lr_dir}: no such folder")
-            by_stem = {}
-            for path in list_images(lr_dir):
-                stem = path.stem.removesuffix(f"x{self.scale}")
-                by_stem[stem] = path
+            by_stem = lr_files_by_stem(lr_dir, self.scale)
             missing = [p.name for p in self.hr_files if p.stem not in by_stem]
             if missing:
                 raise ValueError(
@@ -73,10 +73,9 @@ class ImageFolderPairs(Dataset):
             lr = imresize(hr, 1 / self.scale)
         else:
             lr = read_image(self.lr_files[index])
-            expected = (hr.shape[0] // self.scale, hr.shape[1] // self.scale)
-            if lr.shape[:2] != expected:
-                raise ValueError(
-                    f"{self.lr_files[index].name} is {lr.shape[1]}x{lr.shape[0]}, expected "
-                    f"{expected[1]}x{expected[0]} (HR {hr_path.name} / {self.scale})"
-                )
-        return hr_path.stem, _to_float_chw(hr), _to_float_chw(lr)
+            check_scaled_size(
+                self.scale,
+                (f"LR {self.lr_files[index].name}", lr.shape[:2]),
+                (f"HR {hr_path.name} (cropped to a multiple of {self.scale})", hr.shape[:2]),
+            )
+        return hr_path.stem, to_tensor(hr), to_tensor(lr)

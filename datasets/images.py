@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,17 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .atomic import atomic_path
 
-__all__ = ["ImageReadError", "IMAGE_SUFFIXES", "read_image", "write_image", "list_images"]
+__all__ = [
+    "ImageReadError",
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "write_image",
+    "list_images",
+    "lr_files_by_stem",
+    "to_tensor",
+    "scaled_size_mismatch",
+    "check_scaled_size",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -33,6 +44,52 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(
         p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def lr_files_by_stem(lr_dir: str | os.PathLike, scale: int) -> dict[str, Path]:
+    """The LR images of ``lr_dir`` by the HR stem they belong to: ``0801.png`` and DIV2K's
+    ``0801x4.png`` (at ``scale`` 4) both belong to HR ``0801``."""
+    return {path.stem.removesuffix(f"x{scale}"): path for path in list_images(lr_dir)}
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 ``H x W x C`` numpy -> float32 ``[C, H, W]`` tensor in [0, 1] (``/ 255``, done in
+    numpy: no torch thread pool for small work)."""
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+    chw /= 255.0
+    return torch.from_numpy(chw)
+
+
+def _hw(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def scaled_size_mismatch(
+    scale: int, lr_size: Sequence[int], hr_size: Sequence[int]
+) -> tuple[int, int] | None:
+    """None when ``hr_size`` (height, width) is ``scale`` times ``lr_size``; otherwise the
+    size it should be."""
+    expected = (int(lr_size[0]) * scale, int(lr_size[1]) * scale)
+    return None if (int(hr_size[0]), int(hr_size[1])) == expected else expected
+
+
+def check_scaled_size(
+    scale: int,
+    lr: tuple[str, Sequence[int]],
+    *hr: tuple[str, Sequence[int]],
+    scale_text: str | None = None,
+) -> None:
+    """Raise ValueError, one line naming the files and sizes (height x width), unless each
+    (name, size) of ``hr`` is ``scale`` times the (name, size) ``lr``: ``HR a.png is 64x60 but
+    LR a.png (16x16) at 4x needs 64x64``. ``scale_text`` replaces the ``4x``."""
+    lr_name, lr_size = lr
+    for name, size in hr:
+        expected = scaled_size_mismatch(scale, lr_size, size)
+        if expected is not None:
+            raise ValueError(
+                f"{name} is {_hw(size)} but {lr_name} ({_hw(lr_size)}) at "
+                f"{scale_text or f'{scale}x'} needs {_hw(expected)}"
+            )
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

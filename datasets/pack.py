@@ -7,7 +7,8 @@ File layout (all uint8, one chunk per patch, compressed):
 - attributes: ``format`` = ``"cinn-sr-patches"``, ``format_version``, ``version`` (package),
   ``scale``, ``patch``, ``degradation`` (``"bicubic"``: LR = ``imresize(HR patch, 1/s)``
   rounded to uint8; ``"paired"``: LR cropped from a given LR image), ``mode`` (``random``,
-  ``grid`` or ``faces``), ``per_image``, ``stride``, ``max_side`` (0: none), ``seed``, ``sources`` (file names).
+  ``grid`` or ``faces``), ``per_image``, ``stride``, ``max_side`` (0: none), ``seed``,
+  ``sources`` (file names).
 
 Images are streamed one at a time into resizable datasets, so memory does not grow with
 the number of images. The file is written under a temporary name in the output folder and
@@ -30,13 +31,31 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, ensure_free_space
 from .errors import OptionError
-from .images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
+from .images import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    check_scaled_size,
+    list_images,
+    lr_files_by_stem,
+    read_image,
+)
 from .resize import imresize
 
-__all__ = ["PATCH_FILE_FORMAT", "PATCH_FILE_VERSION", "PackSummary", "pack_images"]
+__all__ = [
+    "PATCH_FILE_FORMAT",
+    "PATCH_FILE_VERSION",
+    "PATCH_SIZE",
+    "PER_IMAGE",
+    "PackSummary",
+    "pack_images",
+]
 
 PATCH_FILE_FORMAT = "cinn-sr-patches"
 PATCH_FILE_VERSION = 1
+PATCH_SIZE = 160
+"""Default HR patch side: the SRFlow paper's 160 x 160 training patches (section 5)."""
+PER_IMAGE = 47
+"""Default random crops per image, as the reference code (andreas128/SRFlow) packs DF2K."""
 
 
 def _package_version() -> str:
@@ -96,16 +115,6 @@ def collect_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{source}: no such file or folder")
     return files
-
-
-def _lr_index(lr_dir: Path, scale: int) -> dict[str, Path]:
-    """LR files by HR stem: ``0801.png`` and DIV2K's ``0801x4.png`` both match ``0801``."""
-    index: dict[str, Path] = {}
-    suffix = f"x{scale}"
-    for path in list_images(lr_dir):
-        stem = path.stem
-        index[stem[: -len(suffix)] if stem.endswith(suffix) else stem] = path
-    return index
 
 
 def _positions(
@@ -191,12 +200,17 @@ def _patches_of(
         if lr_path is None:
             raise _SkipImage("no LR image with a matching name")
         lr_image = _read(lr_path, notes)
-        expected = (height // scale, width // scale)
-        if lr_image.shape[:2] != expected:
-            raise _SkipImage(
-                f"LR {lr_path.name} is {lr_image.shape[1]}x{lr_image.shape[0]}, "
-                f"expected {expected[1]}x{expected[0]}"
+        try:
+            check_scaled_size(
+                scale,
+                (f"LR {lr_path.name}", lr_image.shape[:2]),
+                (
+                    f"HR {path.name} (cropped to a multiple of {scale})",
+                    (height - height % scale, width - width % scale),
+                ),
             )
+        except ValueError as error:
+            raise _SkipImage(str(error)) from error
     rng = np.random.default_rng([seed, index])
     step = 1 if lr_image is None else scale
     boxes = _crop_boxes(hr_image.shape, patch, per_image, stride, step, rng)
@@ -234,10 +248,6 @@ def _append(handle: h5py.File, hr: np.ndarray, lr: np.ndarray, source: int) -> N
         handle[name][start:stop] = values
     handle["source_index"].resize(stop, axis=0)
     handle["source_index"][start:stop] = source
-
-
-DEFAULT_PER_IMAGE = 47
-"""Random crops per image when neither ``per_image`` nor ``stride`` is given."""
 
 
 def _check_options(
@@ -279,7 +289,7 @@ def pack_images(
     sources: Iterable[str | os.PathLike],
     out: str | os.PathLike,
     scale: int = 4,
-    patch: int = 160,
+    patch: int = PATCH_SIZE,
     per_image: int | None = None,
     stride: int | None = None,
     seed: int = 0,
@@ -306,7 +316,7 @@ def pack_images(
     started = time.perf_counter()
     _check_options(scale, patch, per_image, stride, faces, lr_dir is not None, max_side)
     if per_image is None:
-        per_image = DEFAULT_PER_IMAGE
+        per_image = PER_IMAGE
     files = collect_sources(sources)
     if not files:
         raise ValueError(f"no image files found (looked for {', '.join(IMAGE_SUFFIXES)})")
@@ -314,7 +324,7 @@ def pack_images(
     if lr_dir is not None:
         if not Path(lr_dir).is_dir():
             raise FileNotFoundError(f"{lr_dir}: no such folder")
-        lr_files = _lr_index(Path(lr_dir), scale)
+        lr_files = lr_files_by_stem(lr_dir, scale)
     out = Path(out)
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .images import to_tensor
 from .pack import PATCH_FILE_FORMAT
 
 __all__ = ["PatchFileError", "PatchDataset", "read_patch_attrs"]
@@ -48,10 +49,14 @@ def _check_layout(name: str, attrs: dict[str, Any], handle: h5py.File) -> None:
     for key in ("scale", "patch"):
         value = attrs.get(key)
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise PatchFileError(f"{name}: attribute '{key}' must be a positive integer, got {value!r}")
+            raise PatchFileError(
+                f"{name}: attribute '{key}' must be a positive integer, got {value!r}"
+            )
     scale, patch = int(attrs["scale"]), int(attrs["patch"])
     if patch % scale:
-        raise PatchFileError(f"{name}: attribute 'patch' {patch} is not a multiple of 'scale' {scale}")
+        raise PatchFileError(
+            f"{name}: attribute 'patch' {patch} is not a multiple of 'scale' {scale}"
+        )
     counts = set()
     for key, side in (("hr", patch), ("lr", patch // scale)):
         data = handle[key]
@@ -73,13 +78,6 @@ def _check_layout(name: str, attrs: dict[str, Any], handle: h5py.File) -> None:
             f"{name}: datasets 'hr' and 'lr' hold different numbers of patches "
             f"({handle['hr'].shape[0]} and {handle['lr'].shape[0]})"
         )
-
-
-def _to_float_chw(patch: np.ndarray) -> torch.Tensor:
-    """uint8 HWC -> float32 CHW in [0, 1] (in numpy: no torch thread pool for small work)."""
-    chw = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32)
-    chw /= 255.0
-    return torch.from_numpy(chw)
 
 
 class PatchDataset(Dataset):
@@ -124,7 +122,7 @@ class PatchDataset(Dataset):
             if flip:
                 hr, lr = hr[:, ::-1], lr[:, ::-1]
             hr, lr = np.rot90(hr, turns, axes=(0, 1)), np.rot90(lr, turns, axes=(0, 1))
-        return _to_float_chw(hr), _to_float_chw(lr)
+        return to_tensor(hr), to_tensor(lr)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

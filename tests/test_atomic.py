@@ -103,7 +103,9 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, cache, monkeypat
                                        "--per-image", "100"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1].rsplit("\r", 1)[-1]
-    assert last.startswith(f"Error: cannot write {small_disk / 'p.h5'}: no space left on the device")
+    assert last.startswith(
+        f"Error: cannot write {small_disk / 'p.h5'}: no space left on the device"
+    )
     assert list(small_disk.iterdir()) == []
 
     monkeypatch.setenv("CINN_SR_CACHE", str(cache))
@@ -111,5 +113,6 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, cache, monkeypat
     result = CliRunner().invoke(main, ["train", "--iterations", "2", "--checkpoint-every", "1",
                                        "--out", str(out)])
     assert result.exit_code == 1
-    assert f"Error: cannot write {out / 'checkpoints' / 'step_0000001.pt'}: no space left" in result.output
+    step = out / "checkpoints" / "step_0000001.pt"
+    assert f"Error: cannot write {step}: no space left" in result.output
     assert list(small_disk.iterdir()) == []  # no run folder, no temporary

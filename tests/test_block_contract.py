@@ -89,7 +89,8 @@ def test_forward_then_reverse_is_identity(spec_and_block):
     cond = conditions(spec, 3)
     out, logdet = run(block, (x,), cond)
     assert logdet.shape == (3,)
-    assert all(o.shape[1:] == tuple(d) for o, d in zip(out, block.output_dims([spec[3]]), strict=True))
+    dims = block.output_dims([spec[3]])
+    assert all(o.shape[1:] == tuple(d) for o, d in zip(out, dims, strict=True))
     back, logdet_rev = run(block, out, cond, rev=True)
     assert len(back) == 1 and back[0].shape == x.shape
     assert (back[0] - x).abs().max() <= 1e-5

@@ -106,3 +106,26 @@ def test_train_usage_errors_found_after_parsing_exit_2(tmp_path):
     bad.write_text('device = "tpu"\n')
     result = CliRunner().invoke(main, ["train", "--config", str(bad)])
     assert result.exit_code == 1 and f"{bad}: 'device'" in result.output  # a file's error
+
+
+def test_the_defaults_help_shows_are_the_librarys():
+    """cli.py writes its shown defaults out (importing them would import torch)."""
+    import cli
+    from cinn_sr.datasets.pack import PATCH_SIZE, PER_IMAGE
+    from cinn_sr.lpips import WEIGHTS_FILENAME
+    from cinn_sr.model import DEFAULT_TEMPERATURE
+    from cinn_sr.sampling import SAMPLE_TEMPERATURE
+
+    def option(command, name):
+        return next(p for p in command.params if p.name == name)
+
+    pack = main.commands["pack"]
+    assert option(pack, "patch").default == PATCH_SIZE
+    assert f"[default: {PER_IMAGE}]" in option(pack, "per_image").help
+    assert cli.SAMPLE_TEMPERATURE == SAMPLE_TEMPERATURE
+    assert f"default {SAMPLE_TEMPERATURE}" in option(main.commands["sample"], "temperatures").help
+    assert option(main.commands["eval"], "temperature").default == DEFAULT_TEMPERATURE
+    assert option(main.commands["edit"].commands["resample"], "temperature").default == (
+        DEFAULT_TEMPERATURE
+    )
+    assert WEIGHTS_FILENAME in option(main.commands["lpips-weights"], "out").help

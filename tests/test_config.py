@@ -124,7 +124,9 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
     binary.write_bytes(b"lr = 1e-3\n\xff\xfe\n")
     result = CliRunner().invoke(main, ["train", "--config", str(binary)])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"Error: {binary}: not a UTF-8 text file (TOML is UTF-8)"]
+    assert result.output.strip().splitlines() == [
+        f"Error: {binary}: not a UTF-8 text file (TOML is UTF-8)"
+    ]
 
 
 def test_a_checkpoint_config_of_the_wrong_kind_names_file_and_field(tmp_path):

@@ -71,7 +71,7 @@ def test_constant_image_stays_constant(device, scale):
 
 
 def test_astronaut_reference_figures(astronaut):
-    # SPEC 2: LR = round(imresize(HR, 1/4)), SR = round(imresize(LR, 4)).
+    # The reference check: LR = round(imresize(HR, 1/4)), SR = round(imresize(LR, 4)).
     lr = imresize(astronaut, 1 / 4)
     sr = imresize(lr, 4)
     assert lr.shape == (128, 128, 3) and lr.dtype == np.uint8

@@ -148,7 +148,9 @@ def test_refuses_patch_files_whose_layout_does_not_fit(tmp_path, patch_file):
         "counts": (_replace("lr", lr[:-1]), "hold different numbers of patches"),
         "three_d": (_replace("hr", hr[..., 0]), "dataset 'hr' must be N x 64 x 64 x 3"),
         "rgba": (_replace("hr", np.concatenate([hr, hr[..., :1]], -1)), "x 64 x 64 x 4"),
-        "no_scale": (lambda h: h.attrs.__delitem__("scale"), "attribute 'scale' must be a positive"),
+        "no_scale": (
+            lambda h: h.attrs.__delitem__("scale"), "attribute 'scale' must be a positive"
+        ),
         "bad_patch": (lambda h: h.attrs.__setitem__("patch", 62), "'patch' 62 is not a multiple"),
     }
     assert hr.shape[1:] == (64, 64, 3) and len(hr) > 4
@@ -162,5 +164,7 @@ def test_refuses_patch_files_whose_layout_does_not_fit(tmp_path, patch_file):
                "--out", str(tmp_path / "run")],
     )
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert result.output.strip().splitlines()[-1].startswith("Error: patch file: float.h5: dataset 'hr' must be uint8")
+    assert result.output.strip().splitlines()[-1].startswith(
+        "Error: patch file: float.h5: dataset 'hr' must be uint8"
+    )
     assert not (tmp_path / "run").exists()

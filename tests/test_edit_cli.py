@@ -105,8 +105,10 @@ def test_content_and_restore_write_images_of_the_hr_size(files, tmp_path):
         (("content", "{ckpt}", "{image_lr}", "{image}", "{image_lr}", "{mask}"),
          "PASTED {image_lr} is 16x16 but LR {image_lr} (16x16)"),
         (("style", "{ckpt}", "{image}", "{image}"),
-         "SOURCE_HR {image} is 64x64 but TARGET_LR {image} (64x64) at the checkpoint's 4x needs 256x256"),
-        (("restore", "{ckpt}", "{odd}"), "62x64 is not a multiple of the scale 4: crop it or give its LR"),
+         "SOURCE_HR {image} is 64x64 but TARGET_LR {image} (64x64) at the checkpoint's 4x "
+         "needs 256x256"),
+        (("restore", "{ckpt}", "{odd}"),
+         "62x64 is not a multiple of the scale 4: crop it or give its LR"),
         (("restore", "{ckpt}", "{image}", "--lr", "{image}"), "needs 256x256"),
     ],
 )
@@ -162,13 +164,17 @@ def test_an_empty_mask_is_refused_and_a_colour_mask_is_warned_about(files, tmp_p
                     ("content", files["ckpt"], files["image_lr"], files["image"], files["image"])):
         result = _edit(*command, str(empty), "--out", str(tmp_path / "x.png"))
         assert result.exit_code == 2, result.output
-        assert "empty.png: no pixel of the mask is above 127" in result.output.strip().splitlines()[-1]
+        last = result.output.strip().splitlines()[-1]
+        assert "empty.png: no pixel of the mask is above 127" in last
         assert not (tmp_path / "x.png").exists()
     out = tmp_path / "red_edit.png"
     result = _edit("resample", files["ckpt"], files["image_lr"], files["image"], str(red),
                    "--out", str(out), "--temperature", "0.9")
     assert result.exit_code == 0, result.output
-    assert "warning: red.png: the mask is not grey; inside is where any channel is above 127" in result.output
+    assert (
+        "warning: red.png: the mask is not grey; inside is where any channel is above 127"
+        in result.output
+    )
     same = tmp_path / "grey_edit.png"
     _edit("resample", files["ckpt"], files["image_lr"], files["image"], files["mask"],
           "--out", str(same), "--temperature", "0.9")

@@ -1,4 +1,4 @@
-"""RRDBEncoder: the per-level conditions of SPEC 1.3, parameter names and counts."""
+"""RRDBEncoder: the per-level conditions (SRFlow paper, section 3.3), parameter names and counts."""
 
 import re
 
@@ -26,7 +26,9 @@ def _block_outputs(encoder, lr):
     return conditions, outputs
 
 
-@pytest.mark.parametrize("name, skip", [("tiny-4x", "trunk"), ("tiny-8x", "trunk"), ("tiny-4x", "input")])
+@pytest.mark.parametrize(
+    "name, skip", [("tiny-4x", "trunk"), ("tiny-8x", "trunk"), ("tiny-4x", "input")]
+)
 def test_conditions_are_base_features_plus_nearest_resized_stacked_blocks(name, skip):
     torch.manual_seed(0)
     config = preset(name, rrdb_skip=skip)
@@ -42,7 +44,8 @@ def test_conditions_are_base_features_plus_nearest_resized_stacked_blocks(name, 
         ups, x = {}, lr_feature
         for i in range(1, config.n_up + 1):
             # the reference reads these after its in-place LeakyReLU
-            x = F.leaky_relu(getattr(encoder, f"upconv{i}")(x.repeat_interleave(2, 2).repeat_interleave(2, 3)), 0.2)
+            nearest = x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+            x = F.leaky_relu(getattr(encoder, f"upconv{i}")(nearest), 0.2)
             ups[2**i] = x
         # a x0.5 bilinear resize (align_corners=False) is the mean of each 2x2 block
         ups[0.5] = F.avg_pool2d(lr_feature, 2)
@@ -89,7 +92,7 @@ def test_reference_parameter_names_and_counts(name):
     assert head == sorted(f"{c}.{p}" for c in convs for p in ("weight", "bias"))
     n_params = sum(p.numel() for p in encoder.parameters())
     expected = {"div2k-4x": 16_697_987, "celeba-8x": 5_943_555}[name]
-    assert n_params == expected  # SPEC 1.1: 16.7 M and 5.9 M
+    assert n_params == expected  # the reference code (andreas128/SRFlow): 16.7 M and 5.9 M
 
 
 def test_growth_and_width_come_from_the_config():

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import cinn_sr
 from cinn_sr.datasets import imresize, read_image, sample_photos, write_image
-from cinn_sr.lpips import LPIPSWeightsError, load_lpips
+from cinn_sr.lpips import WEIGHTS_FILENAME, LPIPSWeightsError, load_lpips
 from cinn_sr.metrics import lr_psnr, psnr, ssim
 from cli import main
 
@@ -184,7 +184,7 @@ def test_eval_lpips_without_weights_names_the_file(folders, tmp_path, monkeypatc
     result = run("eval", "--sr", sr_dir, hr_dir, "--scale", 4, "--lpips")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert (
-        str(tmp_path / "torch" / "hub" / "checkpoints" / "cinn_sr_lpips_alex_v0.1.pt")
+        str(tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILENAME)
         in result.output
     )
     assert "cinn-sr lpips-weights" in result.output and len(result.output.strip().splitlines()) == 1

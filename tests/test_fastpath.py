@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cinn_sr import SRFlow
-from cinn_sr.fastpath import compile_flow, enable_fast_path, fast_encoder, is_flow_compiled
+from cinn_sr.fastpath import compile_flow, fast_encoder, is_flow_compiled
 
 
 def _pair(seed: int = 0):
@@ -91,10 +91,10 @@ def test_bf16_encoder_returns_float32_conditions_close_to_float32():
         assert float((a - b).abs().max()) <= 0.05 * float(a.abs().max()) + 1e-3
 
 
-def test_enable_fast_path_on_cpu_leaves_the_encoder_alone():
+def test_fast_encoder_without_options_leaves_the_conditions_alone():
     plain, fast, lr, _ = _pair(4)
-    enabled = enable_fast_path(fast, compile=False)
-    assert enabled == {"encoder_channels_last_bf16": False, "compiled_flow": False}
+    fast_encoder(fast, channels_last=False, bf16=False)
+    assert not is_flow_compiled(fast)
     for a, b in zip(plain.condition(lr), fast.condition(lr), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 

@@ -1,4 +1,4 @@
-"""Latent-space editing (cinn_sr.latent, SPEC 1.5)."""
+"""Latent-space editing (cinn_sr.latent; SRFlow paper, section 4)."""
 
 import math
 from pathlib import Path
@@ -152,7 +152,9 @@ def test_edits_reject_a_non_finite_or_negative_temperature(random_model, tempera
     lr = torch.rand(1, 3, 8, 8)
     latents = random_model.encode(lr, torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="temperature"):
-        resample_region(random_model, lr, latents, torch.ones(32, 32, dtype=torch.bool), temperature)
+        resample_region(
+            random_model, lr, latents, torch.ones(32, 32, dtype=torch.bool), temperature
+        )
 
 
 # ---- model-based edits on a tiny SRFlow with random weights ------------------------------

@@ -1,4 +1,4 @@
-"""LPIPS-alex v0.1 against the official values on pyiqa's calibration pairs (SPEC 2), weight
+"""LPIPS-alex v0.1 against the official values on pyiqa's calibration pairs, weight
 provisioning and the restricted unpickler.
 
 The weights come from `cinn-sr lpips-weights` (which .ci/run runs); the calibration images
@@ -23,6 +23,7 @@ from PIL import Image
 
 from cinn_sr.lpips import (
     LPIPS,
+    WEIGHTS_FILENAME,
     LPIPSWeightsError,
     load_lpips,
     lpips_weights_path,
@@ -191,7 +192,7 @@ def test_torchvision_trunk_needs_heads(tmp_path):
 
 def test_missing_weights_error_names_file_and_command(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    expected = tmp_path / "torch" / "hub" / "checkpoints" / "cinn_sr_lpips_alex_v0.1.pt"
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILENAME
     assert lpips_weights_path() == expected
     with pytest.raises(LPIPSWeightsError) as caught:
         load_lpips()
@@ -236,11 +237,15 @@ def test_heads_with_torchvision_checkpoint_from_the_hub_cache(tmp_path, monkeypa
 def test_cli_lpips_weights_png_and_unwritable_out_are_one_line_errors(tmp_path):
     image = tmp_path / "cat.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-    png = CliRunner().invoke(main, ["lpips-weights", "--from", str(image), "--out", str(tmp_path / "w.pt")])
+    png = CliRunner().invoke(
+        main, ["lpips-weights", "--from", str(image), "--out", str(tmp_path / "w.pt")]
+    )
     assert png.exit_code == 1 and isinstance(png.exception, SystemExit), png.output
     assert len(png.output.strip().splitlines()) == 1 and "cat.png" in png.output
     ckpt = tmp_path / "alexnet.ckpt"
     ckpt.write_bytes(pickle.dumps(_flax_params(_fake_lpips_state(2))))
-    out = CliRunner().invoke(main, ["lpips-weights", "--from", str(ckpt), "--out", str(image / "w.pt")])
+    out = CliRunner().invoke(
+        main, ["lpips-weights", "--from", str(ckpt), "--out", str(image / "w.pt")]
+    )
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), (out.output, out.exception)
     assert out.output.startswith("Error: ")

@@ -1,4 +1,5 @@
-"""PSNR / SSIM under both conventions against SPEC 2's reference figures, LR-PSNR, diversity."""
+"""PSNR / SSIM under both conventions against reference figures, LR-PSNR, and the NTIRE 2021
+(Learning the SR Space) diversity score."""
 
 import math
 

@@ -27,7 +27,9 @@ def initialized_model(name: str, scale_hr: int = 32, **overrides) -> SRFlow:
     model = SRFlow.from_preset(name, **overrides)
     randomize_zero_inits(model)
     s = model.config.scale
-    model.initialize(torch.rand(2, 3, scale_hr // s, scale_hr // s), torch.rand(2, 3, scale_hr, scale_hr))
+    model.initialize(
+        torch.rand(2, 3, scale_hr // s, scale_hr // s), torch.rand(2, 3, scale_hr, scale_hr)
+    )
     return model
 
 
@@ -80,7 +82,8 @@ def test_nll_is_the_change_of_variables_density_in_bits_per_dimension(tiny4):
         cond = tiny4.condition(lr)
         latents, logdet = tiny4.flow(hr, c=cond)
         nll = tiny4.nll(lr, hr)
-    log_pz = sum(torch.distributions.Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1) for z in latents)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    log_pz = sum(normal.log_prob(z).flatten(1).sum(1) for z in latents)
     expected = -(log_pz + logdet) / (math.log(2) * 3 * 16 * 24)
     assert nll.shape == (2,)
     assert torch.isfinite(nll).all()
@@ -210,7 +213,9 @@ def test_latent_shapes_follow_the_reference_layout(name, expected):
 
 def test_split_every_level_layout():
     config = preset("tiny-8x", split_every_level=True)
-    assert latent_shapes(config, 160, 160) == [(6, 80, 80), (12, 40, 40), (24, 20, 20), (96, 10, 10)]
+    assert latent_shapes(config, 160, 160) == [
+        (6, 80, 80), (12, 40, 40), (24, 20, 20), (96, 10, 10)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -219,7 +224,8 @@ def test_split_every_level_layout():
 def test_full_preset_parameter_counts(name, millions):
     model = SRFlow.from_preset(name)
     n = sum(p.numel() for p in model.parameters())
-    assert abs(n / 1e6 - millions) < 0.01  # SPEC 1.1 (the reference minus flowUpsamplerNet.f)
+    # the reference code's (andreas128/SRFlow) counts minus its unused flowUpsamplerNet.f
+    assert abs(n / 1e6 - millions) < 0.01
     steps = [k for k in model.flow_modules() if ".step" in k or ".transition" in k]
     assert len(steps) == {"div2k-4x": 54, "div2k-8x": 72, "celeba-8x": 72}[name]
 
@@ -262,7 +268,8 @@ def test_the_api_refuses_bad_tensors_with_clear_value_errors():
     model.initialize(lr, hr)
     cases = [
         (lambda: model.sample(lr[0]), "LR must be N x C x H x W, got shape (3, 8, 8)"),
-        (lambda: model.sample((lr * 255).to(torch.uint8)), "LR must be a float tensor in [0, 1], got torch.uint8"),
+        (lambda: model.sample((lr * 255).to(torch.uint8)),
+         "LR must be a float tensor in [0, 1], got torch.uint8"),
         (lambda: model.sample(lr * 255), "LR values must lie in [0, 1], got [2.484, 254.8]"),
         (lambda: model.sample(lr[:, :1]), "LR has 1 channels, the model takes 3"),
         (lambda: model.sample(lr[:0]), "LR is empty: shape (0, 3, 8, 8)"),
@@ -275,7 +282,9 @@ def test_the_api_refuses_bad_tensors_with_clear_value_errors():
         assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
     assert "divide it by 255" in _error(lambda: model.sample(lr * 255))
     latents = model.encode(lr, hr)
-    with pytest.raises(ValueError, match=r"latents for an LR of 8x8 must have the shapes N x 6 x 16 x 16"):
+    with pytest.raises(
+        ValueError, match=r"latents for an LR of 8x8 must have the shapes N x 6 x 16 x 16"
+    ):
         model.decode(lr, latents[:1])
     with pytest.raises(ValueError, match="multiple of the LR batch 2"):
         model.decode(lr, [z[:1] for z in latents])

@@ -56,7 +56,8 @@ def test_sample_writes_no_nonfinite_image_and_fails(files):
     assert result.exit_code == 1, result.output
     lines = lines_of(result)
     assert "wrote 0 images" in lines[-2] and "lr_t0.7_s0.png (100.0 %)" in lines[-2]
-    assert lines[-1].startswith("Error: 2 of 2 samples had NaN/inf pixels") and "softclamp" in lines[-1]
+    assert lines[-1].startswith("Error: 2 of 2 samples had NaN/inf pixels")
+    assert "softclamp" in lines[-1]
     assert "Traceback" not in result.output
     assert not (root / "sr").exists() or not list((root / "sr").iterdir())
     result = run("sample", good, root / "lr.png", "--out", root / "sr")
@@ -81,5 +82,6 @@ def test_edit_writes_no_nonfinite_result(files):
     assert result.exit_code == 1, result.output
     line = lines_of(result)[-1]
     assert result.output.count("Error") == 1
-    assert line.startswith("Error: the result has NaN/inf in 100.0 % of its pixels") and "softclamp" in line
+    assert line.startswith("Error: the result has NaN/inf in 100.0 % of its pixels")
+    assert "softclamp" in line
     assert not out.exists()

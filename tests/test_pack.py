@@ -117,7 +117,8 @@ def test_max_side_downscales_large_images_first(tmp_path, photo_paths):
 
 
 def coordinate_image(height: int, width: int) -> np.ndarray:
-    """Each pixel spells its own position: R = y mod 256, G = x mod 256, B = 16 (y // 256) + x // 256."""
+    """Each pixel spells its own position: R = y mod 256, G = x mod 256,
+    B = 16 (y // 256) + x // 256."""
     y, x = np.mgrid[:height, :width]
     return np.stack([y % 256, x % 256, 16 * (y // 256) + x // 256], axis=2).astype(np.uint8)
 

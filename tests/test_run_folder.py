@@ -29,6 +29,11 @@ def train(out, *args):
     )
 
 
+def steps_logged(out) -> list[int]:
+    """The training steps of OUT/metrics.jsonl, sorted."""
+    return sorted(r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r)
+
+
 def last_line(result) -> str:
     return result.output.strip().splitlines()[-1]
 
@@ -49,7 +54,8 @@ def test_a_folder_locked_by_another_process_is_refused(tmp_path, env_cache):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunFolderError, match=rf"in use by another run \(process {holder.pid}\)"):
+        busy = rf"in use by another run \(process {holder.pid}\)"
+        with pytest.raises(RunFolderError, match=busy):
             RunFolderLock(out).acquire()
         result = train(out)
         assert result.exit_code == 1 and f"process {holder.pid}" in last_line(result)
@@ -77,7 +83,7 @@ def test_resuming_an_older_checkpoint_in_place_is_refused_and_a_fork_works(tmp_p
     assert forked.exit_code == 0, forked.output
     steps = sorted(r["step"] for r in read_metrics(fork / "metrics.jsonl") if "loss" in r)
     assert steps == [3, 4, 5, 6]
-    assert sorted(r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r) == [1, 2, 3, 4]
+    assert steps_logged(out) == [1, 2, 3, 4]
 
 
 def test_a_cut_last_metrics_line_does_not_stop_a_resume(tmp_path, env_cache):
@@ -85,11 +91,13 @@ def test_a_cut_last_metrics_line_does_not_stop_a_resume(tmp_path, env_cache):
     assert train(out).exit_code == 0
     with open(out / "metrics.jsonl", "a") as log:
         log.write('{"step": 5, "lo')  # what a SIGKILL mid-write leaves
-    resumed = CliRunner().invoke(main, ["train", "--iterations", "6", "--out", str(out), "--resume"])
+    resumed = CliRunner().invoke(
+        main, ["train", "--iterations", "6", "--out", str(out), "--resume"]
+    )
     assert resumed.exit_code == 0, resumed.output
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert all(line.endswith("}") for line in lines)
-    assert sorted(r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r) == list(range(1, 7))
+    assert steps_logged(out) == list(range(1, 7))
 
 
 def test_failed_starts_leave_no_run_folder(tmp_path, env_cache):
@@ -103,6 +111,8 @@ def test_failed_starts_leave_no_run_folder(tmp_path, env_cache):
     ]
     for index, (args, message) in enumerate(cases):
         out = tmp_path / f"run{index}"
-        result = CliRunner().invoke(main, ["train", "--iterations", "2", "--out", str(out), *map(str, args)])
+        result = CliRunner().invoke(
+            main, ["train", "--iterations", "2", "--out", str(out), *map(str, args)]
+        )
         assert result.exit_code == 1 and "Error: " in result.output and message in result.output
         assert not out.exists()

@@ -139,7 +139,8 @@ def test_cli_sample_skips_and_names_unreadable_files(model, tmp_path, lr_image):
     rgb = np.floor(lr_image[0, :, :12, :12].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     Image.fromarray(rgb).save(folder / "good.png")
     result = CliRunner().invoke(
-        main, ["sample", str(checkpoint), str(folder), "--out", str(tmp_path / "o"), "--device", "cpu"]
+        main,
+        ["sample", str(checkpoint), str(folder), "--out", str(tmp_path / "o"), "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
     assert "wrote 1 images" in result.output and "(1 input x" in result.output
@@ -171,7 +172,8 @@ def test_cli_sample_bad_device_temperature_and_output_are_one_line_errors(model,
 def test_cli_refuses_a_model_with_an_untrained_flow(tmp_path, command):
     """A `pretrain` checkpoint (encoder only, ActNorms never initialised): one-line error,
     nothing written (`edit restore` would otherwise initialise the ActNorms on its input)."""
-    checkpoint = str(cinn_sr.save_checkpoint(tmp_path / "pre.pt", cinn_sr.SRFlow.from_preset("tiny-4x")))
+    model = cinn_sr.SRFlow.from_preset("tiny-4x")
+    checkpoint = str(cinn_sr.save_checkpoint(tmp_path / "pre.pt", model))
     image = tmp_path / "img.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
     out = tmp_path / "out.png"

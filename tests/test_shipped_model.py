@@ -54,7 +54,9 @@ def test_a_path_wins_over_a_name_and_a_missing_name_lists_the_shipped(tmp_path, 
     assert cinn_sr.load("small-4x").config.name == "tiny-4x"
     with pytest.raises(cinn_sr.CheckpointError) as error:
         cinn_sr.load("big-9x")
-    assert str(error.value) == "big-9x: no such checkpoint file or shipped model (shipped: small-4x)"
+    assert str(error.value) == (
+        "big-9x: no such checkpoint file or shipped model (shipped: small-4x)"
+    )
     result = CliRunner().invoke(main, ["sample", "big-9x", str(tmp_path), "--out", "sr"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
@@ -101,7 +103,8 @@ def test_the_quick_start_runs_on_the_shipped_model(tmp_path):
     result = runner.invoke(main, ["sample", "small-4x", str(tmp_path / "lr.png"), "--out",
                                   str(tmp_path / "sr"), "--samples", "2"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "sr").iterdir()) == ["lr_t0.7_s0.png", "lr_t0.7_s1.png"]
+    written = sorted(p.name for p in (tmp_path / "sr").iterdir())
+    assert written == ["lr_t0.7_s0.png", "lr_t0.7_s1.png"]
     result = runner.invoke(main, ["eval", "small-4x", str(tmp_path / "hr"), "--psnr", "--lr-psnr",
                                   "--temperature", "0"])
     assert result.exit_code == 0, result.output

@@ -238,7 +238,8 @@ def test_cli_train_with_an_unusable_val_leaves_no_run_folder(env_cache, tmp_path
     out, val = tmp_path / "run", tmp_path / "empty"
     val.mkdir()
     result = CliRunner().invoke(
-        main, ["train", "--iterations", "1", "--val", str(val), "--device", "cpu", "--out", str(out)]
+        main,
+        ["train", "--iterations", "1", "--val", str(val), "--device", "cpu", "--out", str(out)],
     )
     assert result.exit_code == 1 and "no images found" in result.output, result.output
     assert not out.exists()
@@ -251,7 +252,8 @@ def test_a_full_preset_on_the_cpu_warns_and_names_the_small_presets():
 
     full = resolve(TrainConfig, cli={"preset": "div2k-4x"})
     model = SRFlow.from_preset("div2k-4x")
-    with pytest.warns(UserWarning, match=r"div2k-4x \(39.3 M parameters, 200000 steps\) on the CPU takes days"):
+    slow = r"div2k-4x \(39.3 M parameters, 200000 steps\) on the CPU takes days"
+    with pytest.warns(UserWarning, match=slow):
         warn_if_slow_on_cpu(full, model, torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

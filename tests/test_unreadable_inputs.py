@@ -41,7 +41,9 @@ def test_eval_skips_unreadable_hr_images_and_scores_the_rest(tmp_path, checkpoin
     bad_images(hr)
     write_image(hr / "chelsea.png", dict(sample_photos())["chelsea"][:64, :64])
     out = tmp_path / "scores.json"
-    result = CliRunner().invoke(main, ["eval", str(checkpoint), str(hr), "--psnr", "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["eval", str(checkpoint), str(hr), "--psnr", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "chelsea" in result.output and "Traceback" not in result.output
     skipped = next(line for line in result.output.splitlines() if line.startswith("skipped"))
@@ -62,7 +64,9 @@ def test_eval_skips_unreadable_hr_images_and_scores_the_rest(tmp_path, checkpoin
 
 
 @pytest.mark.parametrize("name", ["notes.png", "small.png", "bomb.png"])
-def test_a_bad_image_in_a_val_folder_is_one_line_and_no_run_folder(tmp_path, cache, monkeypatch, name):
+def test_a_bad_image_in_a_val_folder_is_one_line_and_no_run_folder(
+    tmp_path, cache, monkeypatch, name
+):
     monkeypatch.setenv("CINN_SR_CACHE", str(cache))
     val = tmp_path / "val"
     bad_images(tmp_path / "all")
@@ -70,7 +74,9 @@ def test_a_bad_image_in_a_val_folder_is_one_line_and_no_run_folder(tmp_path, cac
     (tmp_path / "all" / name).rename(val / name)
     write_image(val / "a.png", dict(sample_photos())["chelsea"][:64, :64])
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "--val", str(val), "--iterations", "1", "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["train", "--val", str(val), "--iterations", "1", "--out", str(out)]
+    )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert last_line(result).startswith(f"Error: val: {name}: ")
