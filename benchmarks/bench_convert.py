@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import cinn_sr
-from cinn_sr import interop
+from cinn_sr import interop, srflow_keys
 
 KEYS = Path(__file__).resolve().parent.parent / "tests" / "data" / "interop" / "official_keys.json"
 LAYOUTS = ("srflow-4x", "srflow-8x", "srflow-celeba-8x")
@@ -54,7 +54,7 @@ def main() -> None:
         shapes = keys[layout]
         state = {k: torch.empty(s) for k, s in shapes.items()}
         values = sum(v.numel() for v in state.values())
-        unused = sum(v.numel() for k, v in state.items() if k.startswith(interop.UNUSED_PREFIX))
+        unused = sum(v.numel() for k, v in state.items() if k.startswith(srflow_keys.UNUSED_PREFIX))
         print(f"{layout}: {len(shapes)} tensors, {values:,} values in the official file; "
               f"{values - unused:,} used ({unused:,} in flowUpsamplerNet.f, dropped)")
 

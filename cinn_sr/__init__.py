@@ -15,7 +15,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _PUBLIC = {
     "PRESETS": "cinn_sr.presets",
     "SRFlowConfig": "cinn_sr.presets",
-    "CheckpointError": "cinn_sr.checkpoint",
+    "CheckpointError": "cinn_sr.formats",
     "load": "cinn_sr.checkpoint",
     "load_checkpoint": "cinn_sr.checkpoint",
     "save_checkpoint": "cinn_sr.checkpoint",

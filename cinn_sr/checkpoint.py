@@ -1,4 +1,4 @@
-"""cinn-sr checkpoints: one file with the weights and the full model config.
+"""cinn-sr checkpoints, and `load`: the SRFlow model of any weights file cinn-sr reads.
 
 Layout (a dict, saved with torch.save, read with torch.load(weights_only=True)):
 
@@ -7,31 +7,41 @@ Layout (a dict, saved with torch.save, read with torch.load(weights_only=True)):
 
 `extra` holds whatever the caller adds (training state: step, optimizer, ...); it must be
 made of tensors, numbers, strings, lists and dicts so that it loads with weights_only.
-Files that are not cinn-sr checkpoints (released SRFlow/ESRGAN state dicts) are handed to
-`cinn_sr.interop.load_official` when that module is installed.
+
+`FORMATS` is the one table of weight formats (see `cinn_sr.formats`): this format first,
+then released SRFlow models (`cinn_sr.srflow_keys`) and RRDB encoder files
+(`cinn_sr.rrdb_keys`). `load` and the loaders of `cinn_sr.interop` all dispatch through it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
 from cinn_sr.datasets.atomic import atomic_path, ensure_free_space
+from cinn_sr.formats import (
+    CheckpointError,
+    EncoderWeights,
+    Format,
+    LoadOptions,
+    Report,
+    Weights,
+    canonicalise,
+    first_line,
+    identify,
+    named,
+    read_weights,
+)
 from cinn_sr.model import SRFlow
 from cinn_sr.presets import PRESETS, SRFlowConfig
-from cinn_sr.shipped import resolve_checkpoint
+from cinn_sr.rrdb_keys import BASICSR, SRFLOW_RRDB, checked_encoder
+from cinn_sr.srflow_keys import SRFLOW
 
 FORMAT = "cinn-sr"
 VERSION = 1
 RESERVED_KEYS = ("format", "version", "config", "model")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit: the message is one line for the user."""
 
 
 def save_checkpoint(path: str | os.PathLike, model: SRFlow, **extra) -> Path:
@@ -79,64 +89,33 @@ def export_weights(src: str | os.PathLike, out: str | os.PathLike, half: bool = 
     return _save_payload(out, {**payload, "model": weights})
 
 
-def read_weights(path: str | os.PathLike, map_location="cpu") -> object:
-    """`torch.load(path, weights_only=True)` of a file or a shipped model's name
-    (`cinn_sr.shipped`), with one-line CheckpointErrors (never unpickles code)."""
-    try:
-        path = resolve_checkpoint(path)
-    except FileNotFoundError as e:
-        raise CheckpointError(str(e)) from None
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt, or holds objects other than tensors "
-            f"and plain containers, which torch.load(weights_only=True) refuses)"
-        ) from e
-    except KeyError as e:  # the weights-only unpickler on a text or other non-torch file
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (not a file written by torch.save)"
-        ) from e
-    except Exception as e:  # torch.load on a damaged file raises many kinds of error
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from e
-
-
-def _first_line(error: Exception) -> str:
-    """The first sentence of an exception's message (torch's are paragraphs), or its type."""
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    return text.splitlines()[0].split(". ")[0][:200]
-
-
-def _is_cinn_sr(payload: object) -> bool:
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
-
-
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The whole cinn-sr checkpoint dict (config, weights and training extras)."""
-    return _validate(read_weights(path, map_location), path)
+    payload = read_weights(path, map_location)
+    with named(path):
+        return _validate(payload)
 
 
-def _validate(payload: object, path: str | os.PathLike) -> dict:
-    if not _is_cinn_sr(payload):
-        raise CheckpointError(f"{path}: not a cinn-sr checkpoint")
+def _validate(payload: object) -> dict:
+    """`payload` when it is a cinn-sr checkpoint this version reads, else a CheckpointError."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError("not a cinn-sr checkpoint")
     version = payload.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is newer than this cinn-sr ({VERSION})"
+            f"checkpoint format version {version!r} is newer than this cinn-sr ({VERSION})"
         )
     if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
-        raise CheckpointError(f"{path}: checkpoint lacks its config or weights")
+        raise CheckpointError("checkpoint lacks its config or weights")
     return payload
 
 
-def config_of(payload: dict, path: str | os.PathLike = "checkpoint") -> SRFlowConfig:
+def config_of(payload: dict) -> SRFlowConfig:
     """The SRFlowConfig stored in a checkpoint dict."""
     try:
         return SRFlowConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid model config ({e})") from e
+        raise CheckpointError(f"invalid model config ({e})") from e
 
 
 def _architecture(config: SRFlowConfig) -> dict:
@@ -157,21 +136,58 @@ def check_preset(config: SRFlowConfig, expected: SRFlowConfig | str, path="check
         )
 
 
-def model_from_checkpoint(payload: dict, path: str | os.PathLike = "checkpoint") -> SRFlow:
-    """Rebuild the SRFlow of a cinn-sr checkpoint dict and load its weights."""
-    model = SRFlow(config_of(payload, path))
-    load_weights(model, payload["model"], path)
+def model_from_checkpoint(payload: dict) -> SRFlow:
+    """Rebuild the SRFlow of a validated cinn-sr checkpoint dict and load its weights."""
+    model = SRFlow(config_of(payload))
+    fit_weights(model, payload["model"])
     return model
 
 
-def load_weights(model: SRFlow, state_dict: dict, path: str | os.PathLike = "checkpoint") -> None:
+def fit_weights(model: torch.nn.Module, state_dict: dict) -> None:
     """Load a state dict strictly; a mismatch is one CheckpointError line."""
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else _first_line(e)
-        raise CheckpointError(f"{path}: weights do not fit the model ({detail[:300]})") from e
+        detail = lines[1] if len(lines) > 1 else first_line(e)
+        raise CheckpointError(f"weights do not fit the model ({detail[:300]})") from e
+
+
+def load_weights(model: SRFlow, state_dict: dict, path: str | os.PathLike = "checkpoint") -> None:
+    """`fit_weights`, its error prefixed with `path`."""
+    with named(path):
+        fit_weights(model, state_dict)
+
+
+def _is_cinn_sr(weights: Weights) -> bool:
+    return weights.state.get("format") == FORMAT
+
+
+def _model(weights: Weights, options: LoadOptions) -> tuple[SRFlow, None]:
+    return model_from_checkpoint(_validate(weights.state)), None
+
+
+def _encoder(weights: Weights, options: LoadOptions) -> EncoderWeights:
+    payload = _validate(weights.state)
+    skip = config_of(payload).rrdb_skip
+    state = {k[len("encoder."):]: v for k, v in payload["model"].items()
+             if k.startswith("encoder.")}
+    return checked_encoder(state, "cinn-sr", skip, options)
+
+
+CINN_SR = Format(name=FORMAT, title="a cinn-sr checkpoint", keys=None, detect=_is_cinn_sr,
+                 encoder=_encoder, model=_model)
+FORMATS: tuple[Format, ...] = (CINN_SR, SRFLOW, SRFLOW_RRDB, BASICSR)
+"""Every weight format cinn-sr reads, tried in this order; a new format is one entry here."""
+
+
+def _whole_model(weights: Weights, options: LoadOptions) -> tuple[SRFlow, Report | None]:
+    """The SRFlow of canonical `weights` and its format's report (`Format.model`)."""
+    found = identify(FORMATS, weights)
+    if found.model is None:
+        raise CheckpointError(f"it is {found.title}, not a whole SRFlow model (use it with "
+                              f"`cinn-sr train --encoder FILE` or `cinn-sr convert`)")
+    return found.model(weights, options)
 
 
 def load(
@@ -181,28 +197,15 @@ def load(
 ) -> SRFlow:
     """The SRFlow stored at `path`, in eval mode, on `map_location`.
 
-    A cinn-sr checkpoint is rebuilt from its own config; other files go to
-    `cinn_sr.interop.load_official(state_dict)` (released SRFlow files). With `preset`,
-    a checkpoint of another architecture raises CheckpointError.
+    Any whole-model file of `FORMATS`: a cinn-sr checkpoint is rebuilt from its own config,
+    a released SRFlow file converted (stack_blocks from the preset of its layout). With
+    `preset`, a checkpoint of another architecture raises CheckpointError.
     """
     payload = read_weights(path, map_location)
-    if _is_cinn_sr(payload):
-        model = model_from_checkpoint(_validate(payload, path), path)
-    elif importlib.util.find_spec("cinn_sr.interop") is not None and isinstance(payload, dict):
-        from cinn_sr import interop
-
-        try:
-            model = interop.load_official(payload)
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from e
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CheckpointError(
-                f"{path}: not a cinn-sr or SRFlow checkpoint ({_first_line(e)})"
-            ) from e
-    else:
-        raise CheckpointError(f"{path}: not a cinn-sr checkpoint")
+    with named(path):
+        model, _ = _whole_model(canonicalise(payload), LoadOptions())
     if preset is not None:
         check_preset(model.config, preset, path)
-    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+    if isinstance(map_location, (str, torch.device)):  # not a remapping function or dict
         model.to(map_location)
     return model.eval()

@@ -23,8 +23,10 @@ from click.testing import CliRunner
 
 import cinn_sr
 import cli
-from cinn_sr import CheckpointError, interop
+from cinn_sr import CheckpointError, interop, srflow_keys
+from cinn_sr.checkpoint import FORMATS
 from cinn_sr.encoder import RRDBEncoder
+from cinn_sr.formats import canonicalise, read_weights
 from cinn_sr.presets import SRFlowConfig
 
 KEYS = recipe.official_keys()
@@ -46,7 +48,7 @@ def small_inputs(name: str):
 @functools.cache
 def converted(name: str, invconv: str = "lu"):
     cfg = recipe.SMALL_CONFIGS[name]
-    return interop.convert_official(official_state(name), cfg["stack_blocks"], invconv)
+    return srflow_keys.convert_official(official_state(name), cfg["stack_blocks"], invconv)
 
 
 def assert_one_line(error: Exception) -> None:
@@ -96,7 +98,7 @@ def test_full_official_layouts_map_every_tensor():
         shapes = KEYS[layout]
         state = {k: torch.eye(s[0]) if k.endswith("invconv.weight") else torch.zeros(s)
                  for k, s in shapes.items()}
-        model, report = interop.convert_official(state)
+        model, report = srflow_keys.convert_official(state)
         official_values = sum(v.numel() for v in state.values())
         unused_values = sum(state[k].numel() for k in UNUSED)
         assert model.config == cinn_sr.PRESETS[preset] and model.config.name == preset
@@ -208,6 +210,31 @@ def test_encoder_from_srflow_file_and_cinn_sr_checkpoint(tmp_path):
     assert all(torch.equal(from_ckpt.state_dict[k], v) for k, v in expected.items())
 
 
+# ---- the format table -------------------------------------------------------------------
+
+
+def test_each_released_layout_is_detected_by_exactly_one_format(tmp_path):
+    """Every loader dispatches through FORMATS, so each kind of file must match one entry."""
+    files = {
+        "srflow": official_state("small-4x"),
+        "srflow, DataParallel": {f"module.{k}": v for k, v in official_state("small-4x").items()},
+        "srflow-rrdb": esrgan_state(),
+        "srflow-rrdb, Lightning": {"state_dict": esrgan_state(), "epoch": 3},
+        "basicsr": basicsr_state(),
+        "basicsr, params": {"params": basicsr_state(), "params_ema": basicsr_state()},
+    }
+    for name, payload in files.items():
+        torch.save(payload, tmp_path / f"{name}.pth")
+    cinn_sr.save_checkpoint(tmp_path / "cinn-sr.pth", cinn_sr.SRFlow.from_preset("tiny-4x"))
+    for path in sorted(tmp_path.iterdir()):
+        weights = canonicalise(read_weights(path))
+        found = [f.name for f in FORMATS if f.detect(weights)]
+        assert found == [path.stem.split(",")[0]], path.name
+    for layout in FULL:  # the released files' keys (their tensors are too big to write here)
+        weights = canonicalise(dict.fromkeys(KEYS[layout], torch.zeros(0)))
+        assert [f.name for f in FORMATS if f.detect(weights)] == ["srflow"], layout
+
+
 # ---- refusals ---------------------------------------------------------------------------
 
 
@@ -286,7 +313,7 @@ def test_renamed_key_is_named_in_the_error(old, new):
     state = official_state("small-4x")
     state[new] = state.pop(old)
     with pytest.raises(CheckpointError) as info:
-        interop.convert_official(state, recipe.SMALL_CONFIGS["small-4x"]["stack_blocks"])
+        srflow_keys.convert_official(state, recipe.SMALL_CONFIGS["small-4x"]["stack_blocks"])
     assert_one_line(info.value)
     assert old in str(info.value) or new in str(info.value)
 
@@ -295,16 +322,16 @@ def test_wrong_shape_and_weights_only_payload_errors():
     state = official_state("small-4x")
     state["flowUpsamplerNet.layers.1.invconv.weight"] = torch.eye(11)
     with pytest.raises(CheckpointError, match=r"layers\.1\.invconv\.weight has shape") as info:
-        interop.convert_official(state, [0, 1, 2, 3])
+        srflow_keys.convert_official(state, [0, 1, 2, 3])
     assert_one_line(info.value)
     state["flowUpsamplerNet.layers.1.invconv.weight"] = torch.zeros(12, 12)
     with pytest.raises(CheckpointError, match=r"layers\.1\.invconv\.weight: .*singular"):
-        interop.convert_official(state, [0, 1, 2, 3])
+        srflow_keys.convert_official(state, [0, 1, 2, 3])
     with pytest.raises(CheckpointError, match="stack_blocks gives 2"):
-        interop.convert_official(official_state("small-4x"), [0, 1])
+        srflow_keys.convert_official(official_state("small-4x"), [0, 1])
     with pytest.raises(CheckpointError, match="not a named tensor"):
-        interop.load_official({"RRDB.x": torch.zeros(1), "flowUpsamplerNet.layers.1.actnorm.bias":
-                               torch.zeros(1), "epoch": 3})
+        srflow_keys.load_official({"RRDB.x": torch.zeros(1), "epoch": 3,
+                                   "flowUpsamplerNet.layers.1.actnorm.bias": torch.zeros(1)})
 
 
 def test_unsupported_encoder_variants_and_bad_options(tmp_path):
