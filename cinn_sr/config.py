@@ -10,11 +10,12 @@ e.g. ``batch_size = 8``; a ``[model]`` table overrides fields of the preset's
 ``config.toml`` into the run folder and stored inside every checkpoint; either can be passed
 back with ``--config``.
 
-The preset's recipe (SPEC 1.4): full presets (div2k-4x, div2k-8x, celeba-8x) use the paper's
-numbers (flow: Adam 5e-4, betas (0.9, 0.999), lr halved at 50/75/90/95 % of 200 k
-iterations, batch 12 at 4x and 16 at 8x; RRDB pre-training: Adam 2e-4, betas (0.9, 0.99),
-cosine restarts every 50 k down to 1e-7, batch 16, 200 k iterations). The tiny presets
-shrink iterations, batch and logging intervals so a run takes minutes on a CPU.
+The preset's recipe: full presets (div2k-4x, div2k-8x, celeba-8x) use the numbers of the
+SRFlow paper's experiments (section 5; flow: Adam 5e-4, betas (0.9, 0.999), lr halved at
+50/75/90/95 % of 200 k iterations, batch 12 at 4x and 16 at 8x; RRDB pre-training: Adam
+2e-4, betas (0.9, 0.99), cosine restarts every 50 k down to 1e-7, batch 16, 200 k
+iterations). The tiny presets shrink iterations, batch and logging intervals so a run takes
+minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ SMALL_PRETRAIN_RECIPE: dict[str, Any] = {
 
 
 def preset_recipe(cls: type[RunConfig], preset: str) -> dict[str, Any]:
-    """The preset's layer of defaults for `cls` (SPEC 1.4 for the full presets)."""
+    """The preset's layer of defaults for `cls` (the paper's recipe for the full presets)."""
     recipe: dict[str, Any] = {}
     scale = PRESETS[preset].scale
     if cls is TrainConfig:

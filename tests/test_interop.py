@@ -93,7 +93,8 @@ def test_latents_equal_reference_and_decode_inverts(name):
 
 
 def test_full_official_layouts_map_every_tensor():
-    """The three released layouts convert to the presets, every tensor used but flowUpsamplerNet.f."""
+    """The three released layouts convert to the presets, every tensor used but
+    flowUpsamplerNet.f."""
     for layout, preset in FULL.items():
         shapes = KEYS[layout]
         state = {k: torch.eye(s[0]) if k.endswith("invconv.weight") else torch.zeros(s)
@@ -153,10 +154,11 @@ def run_encoder(weights: interop.EncoderWeights):
 
 
 def esrgan_conditions() -> list[torch.Tensor]:
-    """SRFlow's per-level conditions built from ESRGAN's recorded features (SPEC 1.3)."""
+    """SRFlow's per-level conditions (the SRFlow paper, section 3.3) from ESRGAN's features."""
     ref = {k[len("esrgan/"):]: torch.from_numpy(v) for k, v in REF.items()
            if k.startswith("esrgan/")}
-    stack = torch.cat([ref[f"block{i}"] for i in recipe.SMALL_CONFIGS["small-4x"]["stack_blocks"]], 1)
+    blocks = recipe.SMALL_CONFIGS["small-4x"]["stack_blocks"]
+    stack = torch.cat([ref[f"block{i}"] for i in blocks], 1)
     half = F.interpolate(ref["lr_feature"], scale_factor=0.5, mode="bilinear",
                          align_corners=False, recompute_scale_factor=True)
     bases = [F.leaky_relu(ref["up1"], 0.2), ref["lr_feature"], half]
@@ -305,7 +307,8 @@ def test_convert_encoder_file_into_a_preset_model(tmp_path):
 
 
 @pytest.mark.parametrize("old, new", [
-    ("flowUpsamplerNet.layers.3.affine.fAffine.4.logs", "flowUpsamplerNet.layers.3.affine.fAffine.4.logz"),
+    ("flowUpsamplerNet.layers.3.affine.fAffine.4.logs",
+     "flowUpsamplerNet.layers.3.affine.fAffine.4.logz"),
     ("RRDB.trunk_conv.weight", "RRDB.trunk_convs.weight"),
     ("flowUpsamplerNet.layers.5.conv.bias", "flowUpsamplerNet.layers.5.conv_bias"),
 ])

@@ -108,7 +108,9 @@ def test_export_keeps_the_model_and_drops_the_training_state(trained, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load(plain).nll(lr, hr), model.nll(lr, hr), rtol=0, atol=0)
 
-    result = CliRunner().invoke(main, ["export", str(full), "--out", str(tmp_path / "h.pt"), "--half"])
+    result = CliRunner().invoke(
+        main, ["export", str(full), "--out", str(tmp_path / "h.pt"), "--half"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"wrote {tmp_path / 'h.pt'} (") and "float16" in result.output
     weights = load_checkpoint(tmp_path / "h.pt")["model"]
