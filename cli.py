@@ -202,18 +202,24 @@ def _tile_options(command):
               help="Folder for the SR images.")
 @click.option("--temperature", "temperatures", type=Temperature(min=0), multiple=True,
               help="Sampling temperature tau; repeat for several (default 0.7: the best trade-off "
-              "of "
-              "LPIPS and LR-PSNR measured for small-4x).")
+              "of LPIPS and LR-PSNR measured for small-4x).")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(min=1),
               help="Samples per image and temperature.")
 @click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of each image's latents (same seed, same images).")
 @_device_option
 @_tile_options
+@click.option("--temperature-map", type=click.Path(exists=True, dir_okay=False),
+              help="Grey image of the SR size: grey g samples that pixel at tau * g / 255 "
+              "(outputs {stem}_tmax{tau}_s{index}.png).")
+@click.option("--uncertainty", is_flag=True,
+              help="Also write the mean (_mean.png) and per-pixel std (_std.png, colour-mapped; "
+              "_std.npy, raw) of the --samples (2 or more) per image and temperature.")
 @click.option("--compile", "compile_flow", is_flag=True,
               help="Run the flow through torch.compile (falls back to eager with a warning).")
 def sample(
-    checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap, compile_flow
+    checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap,
+    temperature_map, uncertainty, compile_flow,
 ) -> None:
     """Super-resolve LR images (files or folders) into OUT as {stem}_t{temperature}_s{index}.png."""
     from cinn_sr.sampling import NONFINITE_REMEDY, sample_files
@@ -226,7 +232,7 @@ def sample(
     with one_line_errors():
         summary = sample_files(
             model, inputs, out, temperatures or (SAMPLE_TEMPERATURE,), samples, seed, tile,
-            tile_overlap,
+            tile_overlap, temperature_map=temperature_map, uncertainty=uncertainty,
         )
     click.echo(summary.line())
     if summary.nonfinite:

@@ -6,6 +6,7 @@ jac=True) -> ((out, ...), logdet[B])`, forward = data -> latent.
 
 from .actnorm import ActNorm, ActNormLayer, actnorm_statistics
 from .affine import SCALE_FUNCTIONS, AffineInjector, ConditionalAffineCoupling, affine_scale
+from .condition_cache import ConditionCache
 from .flow_step import ConditionalFlowStep, TransitionStep
 from .invconv import InvConv1x1, random_rotation
 from .split import PriorSplit
@@ -17,6 +18,7 @@ __all__ = [
     "ActNorm",
     "ActNormLayer",
     "AffineInjector",
+    "ConditionCache",
     "ConditionalAffineCoupling",
     "ConditionalFlowStep",
     "ConvActNorm",

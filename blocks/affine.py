@@ -17,7 +17,8 @@ Condition broadcasting: with a condition batch B and an input batch B * n, input
 condition i // n. Work that depends on the condition alone runs once per condition:
 the injector's whole subnet, and the coupling's first-layer convolution of the condition
 (a bias-free conv over cat[x_A, u] is conv(x_A, W_A) + conv(u, W_u)). The result equals
-the one with each condition repeated n times.
+the one with each condition repeated n times. Across calls, a `ConditionCache`
+(`condition_cache.py`) keeps those condition terms for the same condition tensor.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from FrEIA.modules import InvertibleModule
 from torch import Tensor
 
+from .condition_cache import condition_term
 from .shapes import check_conditions, check_image_input, samples_per_condition
 from .subnet import subnet
 
@@ -85,13 +87,19 @@ class AffineInjector(InvertibleModule):
         _check_scale(self, scale, clamp)
         self.scale_function, self.clamp = scale, float(clamp)
         self.subnet = subnet(condition_channels, 2 * shape[0], hidden)
+        self.condition_cache = None
+
+    def _shift_and_scale(self, u: Tensor, allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
+        h = self.subnet(u, allow_init=allow_init)
+        return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x, u = x_or_z[0], _concat_conditions(self, c)
         n = samples_per_condition(self, x, u)
-        h = self.subnet(u, allow_init=not rev)
-        scale, log_scale = affine_scale(h[:, 1::2], self.scale_function, self.clamp)
-        out = _apply_affine(x, h[:, 0::2], scale, n, rev)
+        shift, scale, log_scale = condition_term(
+            self, u, lambda u: self._shift_and_scale(u, allow_init=not rev)
+        )
+        out = _apply_affine(x, shift, scale, n, rev)
         logdet = _per_sample(log_scale.sum(dim=(1, 2, 3)), n)
         return (out,), (-logdet if rev else logdet)
 
@@ -117,17 +125,29 @@ class ConditionalAffineCoupling(InvertibleModule):
         active_channels = shape[0] - self.passive_channels
         self.subnet = subnet(self.passive_channels + condition_channels, 2 * active_channels,
                              hidden)
+        self.condition_cache = None
+
+    def _first_layer_weights(self) -> tuple[Tensor, Tensor | None, bool]:
+        """Layer 0's weight and bias, with its ActNorm folded in once it is initialised."""
+        first = self.subnet[0]
+        if first.actnorm.is_initialized:
+            return (*first.folded(), True)
+        return first.weight, None, False
+
+    def _condition_part(self, u: Tensor) -> Tensor:
+        """Layer 0's convolution of the condition channels (with the folded bias)."""
+        weight, bias, _ = self._first_layer_weights()
+        first = self.subnet[0]
+        return F.conv2d(u, weight[:, self.passive_channels:], bias, padding=first.padding)
 
     def _subnet_output(self, x_a: Tensor, u: Tensor, n: int, allow_init: bool) -> Tensor:
-        if n == 1:
+        if n == 1 and self.condition_cache is None:
             return self.subnet(torch.cat([x_a, u], dim=1), allow_init=allow_init)
+        weight, _, folded = self._first_layer_weights()
+        finish = self.subnet.after_first_layer if folded else self.subnet.after_first_conv
         first = self.subnet[0]
-        if first.actnorm.is_initialized:  # layer 0's ActNorm folded into its conv
-            (weight, bias), finish = first.folded(), self.subnet.after_first_layer
-        else:
-            weight, bias, finish = first.weight, None, self.subnet.after_first_conv
         h = F.conv2d(x_a, weight[:, : self.passive_channels], padding=first.padding)
-        h_condition = F.conv2d(u, weight[:, self.passive_channels:], bias, padding=first.padding)
+        h_condition = condition_term(self, u, self._condition_part)
         h = (h.unflatten(0, (u.shape[0], n)) + h_condition.unsqueeze(1)).flatten(0, 1)
         return finish(h, allow_init=allow_init)
 

@@ -1,4 +1,5 @@
-"""Image and mask files for `cinn-sr edit`: reading them as tensors, checking that they fit."""
+"""Image, mask and map files for `cinn-sr edit` and `sample`: reading them as tensors,
+checking that they fit."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def read_mask(path: str | os.PathLike, device: torch.device | str = "cpu") -> to
             "edit), so the edit would change nothing"
         )
     return inside.to(device)
+
+
+def read_grey(path: str | os.PathLike) -> torch.Tensor:
+    """A grey image as a float [H, W] tensor of grey / 255 in [0, 1] (a colour image is
+    warned about and its channels averaged)."""
+    pixels = torch.from_numpy(read_image(path)).double()
+    if not (pixels == pixels[..., :1]).all():
+        warnings.warn(f"{Path(path).name}: not grey; its channels are averaged", stacklevel=2)
+    return (pixels.mean(-1) / 255).float()
 
 
 def check_fit(

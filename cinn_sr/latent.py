@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from cinn_sr.datasets import imresize, scaled_size_mismatch
-from cinn_sr.model import SRFlow, check_temperature
+from cinn_sr.level_maps import as_map_batch, map_at_level
+from cinn_sr.model import Conditions, SRFlow, check_temperature
 
 Mode = Literal["global", "local", "spatial"]
 
@@ -27,20 +28,10 @@ def _inside(mask: torch.Tensor) -> torch.Tensor:
 
 
 def mask_at_level(mask: torch.Tensor, level_hw: tuple[int, int]) -> torch.Tensor:
-    """An HR-pixel mask max-pooled to a latent level of size ``level_hw``: bool [B|1, 1, h, w]."""
-    if mask.dim() == 2:
-        mask = mask[None, None]
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be [H, W] or [B, 1, H, W], got {list(mask.shape)}")
-    inside = _inside(mask)
-    (hr_h, hr_w), (h, w) = inside.shape[-2:], level_hw
-    if hr_h % h or hr_w % w:
-        raise ValueError(
-            f"mask of {hr_h}x{hr_w} HR pixels does not map onto a {h}x{w} latent level"
-        )
-    if (hr_h // h, hr_w // w) == (1, 1):
-        return inside
-    return F.max_pool2d(inside.float(), kernel_size=(hr_h // h, hr_w // w)) > 0
+    """An HR-pixel mask max-pooled to a latent level of size ``level_hw``: bool [B|1, 1, h, w]
+    (`cinn_sr.level_maps`)."""
+    inside = _inside(as_map_batch(mask, "mask"))
+    return map_at_level(inside.float(), level_hw) > 0
 
 
 def _masked_mean_and_std(
@@ -141,12 +132,15 @@ def resample_region(
     mask: torch.Tensor,
     temperature: float,
     generator: torch.Generator | None = None,
+    cond: Conditions | None = None,
 ) -> torch.Tensor:
     """New detail inside a region: re-draw the latents inside ``mask`` (HR pixels, mapped to
-    each level by max-pooling) from N(0, tau^2), keep all others, and decode with ``lr``."""
+    each level by max-pooling) from N(0, tau^2), keep all others, and decode with ``lr``
+    (``cond``: its conditions, e.g. a `PreparedLR` for repeated edits)."""
     check_sizes(model.config.scale, lr, mask)
     mask = _mask_for_model(model, lr, mask)
-    return model.decode(lr, _at_temperature_inside(latents, mask, temperature, generator))
+    latents = _at_temperature_inside(latents, mask, temperature, generator)
+    return model.decode(lr, latents, cond=cond)
 
 
 @torch.no_grad()

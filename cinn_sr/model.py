@@ -9,14 +9,17 @@ pair (no padding happens for sizes that need none, e.g. the 160 x 160 training p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cinn_sr.blocks import ConditionCache
 from cinn_sr.datasets import scaled_size_mismatch
 from cinn_sr.encoder import RRDBEncoder
 from cinn_sr.flow import build_flow, latent_shapes, named_flow_modules
+from cinn_sr.level_maps import check_temperature_map, map_at_level, pad_to
 from cinn_sr.presets import SRFlowConfig, preset
 
 LOG_2PI = math.log(2 * math.pi)
@@ -43,6 +46,21 @@ def check_temperature(temperature: float) -> None:
     """ValueError unless `temperature` is a finite number >= 0 (nan passes a plain `< 0`)."""
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+
+
+@dataclass
+class PreparedLR:
+    """What sampling needs of one LR batch, computed once (`SRFlow.prepare`): the encoder's
+    conditions and a cache of the flow's condition-only terms, filled by the first decode.
+    Pass it as `cond=` to `sample` and `decode` (and the editing functions) with that LR."""
+
+    lr: Tensor
+    cond: list[Tensor]
+    cache: ConditionCache = field(default_factory=ConditionCache)
+
+
+Conditions = list[Tensor] | PreparedLR
+"""`cond=` of the model's methods: the conditions of `condition(lr)`, or a `PreparedLR`."""
 
 
 class SRFlow(nn.Module):
@@ -142,8 +160,23 @@ class SRFlow(nn.Module):
         pad_h, pad_w = self._lr_padding(lr)
         return self.encoder(_pad(lr, pad_h, pad_w))
 
-    def _condition(self, lr: Tensor, cond: list[Tensor] | None) -> list[Tensor]:
+    @torch.inference_mode()
+    def prepare(self, lr: Tensor) -> PreparedLR:
+        """The conditions of `lr` and an empty condition cache, for many `sample`/`decode`
+        calls with that LR (the encoder and the condition-only work of the flow run once).
+        Valid while the weights stay as they are."""
+        self._check_image("LR", lr)
+        return PreparedLR(lr, self._features(lr))
+
+    def _condition(self, lr: Tensor, cond: Conditions | None) -> list[Tensor]:
         """`cond`, or the features of an LR the caller has already checked."""
+        if isinstance(cond, PreparedLR):
+            if cond.lr.shape != lr.shape:
+                raise ValueError(
+                    f"cond was prepared for an LR of shape {tuple(cond.lr.shape)}, "
+                    f"not {tuple(lr.shape)}"
+                )
+            return cond.cond
         return list(cond) if cond is not None else self._features(lr)
 
     # ---- density ------------------------------------------------------------------------
@@ -192,9 +225,7 @@ class SRFlow(nn.Module):
                 "call model.initialize(lr, hr) before sampling or decoding"
             )
 
-    def decode(
-        self, lr: Tensor, latents: list[Tensor], cond: list[Tensor] | None = None
-    ) -> Tensor:
+    def decode(self, lr: Tensor, latents: list[Tensor], cond: Conditions | None = None) -> Tensor:
         """HR = f^-1(latents; g(lr)), cropped to scale x the LR size.
 
         The latent batch may be n times the LR batch: latent row i uses LR image i // n.
@@ -204,45 +235,75 @@ class SRFlow(nn.Module):
         self._check_latents(lr, list(latents))
         return self._decode(lr, list(latents), cond)
 
-    def _decode(self, lr: Tensor, latents: list[Tensor], cond: list[Tensor] | None) -> Tensor:
-        out, _ = self.flow(latents, c=self._condition(lr, cond), rev=True, jac=False)
+    def _decode(self, lr: Tensor, latents: list[Tensor], cond: Conditions | None) -> Tensor:
+        features = self._condition(lr, cond)
+        if isinstance(cond, PreparedLR):
+            with cond.cache.active(self.flow):
+                out, _ = self.flow(latents, c=features, rev=True, jac=False)
+        else:
+            out, _ = self.flow(latents, c=features, rev=True, jac=False)
         s = self.config.scale
         return out[0][..., : lr.shape[-2] * s, : lr.shape[-1] * s]
 
     def sample(
         self,
         lr: Tensor,
-        temperature: float = DEFAULT_TEMPERATURE,
+        temperature: float | Tensor = DEFAULT_TEMPERATURE,
         n: int = 1,
         generator: torch.Generator | None = None,
-        cond: list[Tensor] | None = None,
+        cond: Conditions | None = None,
     ) -> Tensor:
         """n SR samples per LR image: [B * n, C, scale * H, scale * W], rows b*n .. b*n+n-1
         belong to image b. Latents ~ N(0, temperature^2 I) drawn with `generator`;
         temperature 0 gives the mode path (all latents zero, splits at their prior mean).
-        The encoder runs once per call. Outputs are not clamped to [0, 1].
+        The encoder runs once per call (never with a `PreparedLR`). Outputs are not clamped.
+
+        `temperature` is a number or a map of one value >= 0 per HR pixel ([H, W] or
+        [B|1, 1, H, W]): each latent entry is drawn at the largest temperature of the HR
+        pixels it covers (`cinn_sr.level_maps`). The same generator draws the same noise for
+        a number and a map, so a constant map gives the number's samples exactly.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        check_temperature(temperature)
         self._require_initialized()
         self._check_image("LR", lr)
         with torch.inference_mode():
-            cond = self._condition(lr, cond)
-            device, dtype = cond[0].device, cond[0].dtype
             scale = self.config.scale
             shapes = self.latent_shapes(lr.shape[-2] * scale, lr.shape[-1] * scale)
+            temperatures = self.level_temperatures(temperature, lr, n)
+            features = self._condition(lr, cond)
+            device, dtype = features[0].device, features[0].dtype
             batch = lr.shape[0] * n
-            if temperature == 0:
+            if all(isinstance(t, float) and t == 0 for t in temperatures):
                 latents = [torch.zeros(batch, *s, device=device, dtype=dtype) for s in shapes]
             else:
                 draw_device = generator.device if generator is not None else device
                 latents = [
-                    (torch.randn(batch, *s, generator=generator, device=draw_device, dtype=dtype)
-                     * temperature).to(device)
-                    for s in shapes
+                    torch.randn(batch, *s, generator=generator, device=draw_device, dtype=dtype)
+                    .to(device) * (t.to(device, dtype) if isinstance(t, Tensor) else t)
+                    for s, t in zip(shapes, temperatures, strict=True)
                 ]
-            return self._decode(lr, latents, cond)
+            return self._decode(lr, latents, cond if cond is not None else features)
+
+    def level_temperatures(
+        self, temperature: float | Tensor, lr: Tensor, n: int = 1
+    ) -> list[float | Tensor]:
+        """The temperature of each latent level for `lr`: the number, or the map padded like
+        the HR and max-pooled to the level ([B * n | 1, 1, h, w]); latents = eps * it."""
+        s = self.config.scale
+        shapes = self.latent_shapes(lr.shape[-2] * s, lr.shape[-1] * s)
+        if not isinstance(temperature, Tensor):
+            check_temperature(temperature)
+            return [float(temperature)] * len(shapes)
+        t = check_temperature_map(temperature, (lr.shape[-2] * s, lr.shape[-1] * s))
+        if t.shape[0] not in (1, lr.shape[0]):
+            raise ValueError(
+                f"temperature map has {t.shape[0]} rows for an LR batch of {lr.shape[0]}"
+            )
+        t = pad_to(t, self.padded_hr_size(*lr.shape[-2:]))
+        levels = [map_at_level(t, shape[1:]) for shape in shapes]
+        return [level.repeat_interleave(n, dim=0) if level.shape[0] > 1 else level
+                for level in levels]
 
     def sr(self, lr: Tensor) -> Tensor:
         """The encoder's own ESRGAN SR output (the RRDB pre-training path)."""

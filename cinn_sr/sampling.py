@@ -31,13 +31,17 @@ from tqdm import tqdm
 
 from cinn_sr.datasets import (
     ImageReadError,
+    OptionError,
     imresize,
     list_images,
     read_image,
     to_tensor,
     write_image,
 )
+from cinn_sr.datasets.atomic import atomic_path
+from cinn_sr.edit_files import read_grey
 from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
+from cinn_sr.uncertainty import uncertainty_images
 
 __all__ = [
     "Window",
@@ -191,20 +195,26 @@ def super_resolve(
     generator: torch.Generator | None = None,
     tile: int | None = None,
     overlap: int = 16,
+    temperature_map: Tensor | None = None,
 ) -> dict[float, Tensor]:
     """n SR samples of one LR image ``[1, C, h, w]`` (in [0, 1]) per temperature:
     ``{temperature: [n, C, s*h, s*w]}`` clamped to [0, 1], on the CPU.
 
     The same noise serves every temperature; the n samples of one temperature are decoded
     as one batch. With ``tile`` the image is decoded by tiles (``decode_tiled``), otherwise
-    whole, with the encoder run once for all temperatures.
+    whole, with the encoder run once for all temperatures. A ``temperature_map`` (HR-sized,
+    values in [0, 1]) makes each temperature the maximum: pixel p is sampled at
+    ``temperature * map[p]`` (``SRFlow.sample``'s mapping onto the latent levels).
     """
     noise = draw_noise(model, lr.shape[-2], lr.shape[-1], n, generator)
     device = next(model.parameters()).device
     results: dict[float, Tensor] = {}
     cond = None
     for temperature in temperatures:
-        latents = [float(temperature) * eps for eps in noise]
+        level_t = model.level_temperatures(
+            float(temperature) if temperature_map is None else temperature_map * temperature, lr
+        )
+        latents = [eps * t for eps, t in zip(noise, level_t, strict=True)]
         if tile is not None:
             sr = decode_tiled(model, lr, latents, tile, overlap)
         else:
@@ -228,6 +238,8 @@ class SampleSummary:
     skipped: list[str]
     nonfinite: list[tuple[str, float]] = field(default_factory=list)
     """Samples not written because of NaN/inf pixels: (output name, fraction of pixels)."""
+    uncertainty: list[Path] = field(default_factory=list)
+    """The mean, std PNG and std .npy files of `--uncertainty`."""
 
     def line(self) -> str:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
@@ -236,6 +248,9 @@ class SampleSummary:
             f"{_count(len(self.temperatures), 'temperature')} ({temps}) x "
             f"{_count(self.samples, 'sample')})"
         )
+        if self.uncertainty:
+            count = len(self.uncertainty) // 3
+            line += f"; {_count(count, 'uncertainty map')} (_mean.png, _std.png, _std.npy)"
         if self.skipped:
             line += (
                 f"; skipped {_count(len(self.skipped), 'unreadable input')}: "
@@ -253,9 +268,14 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def output_name(stem: str, temperature: float, index: int) -> str:
-    """``{stem}_t{temperature}_s{index}.png``, the temperature written shortest (0.9, 1, 0)."""
-    return f"{stem}_t{temperature:g}_s{index}.png"
+def _tag(temperature: float, mapped: bool) -> str:
+    return f"tmax{temperature:g}" if mapped else f"t{temperature:g}"
+
+
+def output_name(stem: str, temperature: float, index: int, mapped: bool = False) -> str:
+    """``{stem}_t{temperature}_s{index}.png``, the temperature written shortest (0.9, 1, 0);
+    ``_tmax{temperature}`` when a temperature map scales it."""
+    return f"{stem}_{_tag(temperature, mapped)}_s{index}.png"
 
 
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -318,6 +338,8 @@ def sample_files(
     tile: int | None = None,
     overlap: int = 16,
     progress: bool = True,
+    temperature_map: str | os.PathLike | None = None,
+    uncertainty: bool = False,
 ) -> SampleSummary:
     """Super-resolve image files (or folders of them) into ``out_dir`` as ``output_name`` PNGs.
 
@@ -325,14 +347,24 @@ def sample_files(
     the same outputs for an image whatever else is sampled with it. Unreadable files are
     skipped and named in the summary; none readable at all is an ``ImageReadError``.
     A sample with NaN or inf pixels is not written; the summary names it and the fraction.
+
+    ``temperature_map``: a grey image of the SR size; grey g samples a pixel at
+    ``temperature * g / 255``. ``uncertainty`` (n >= 2): per input and temperature also the
+    mean image ``_mean.png``, the per-pixel standard deviation as a colour image
+    ``_std.png`` (viridis, scaled to its maximum) and its values ``_std.npy``
+    (`cinn_sr.uncertainty`).
     """
+    if uncertainty and n < 2:
+        raise OptionError(f"the uncertainty needs at least 2 samples per image, got {n}")
     files = expand_inputs(inputs)
     temperatures = tuple(dict.fromkeys(float(t) for t in temperatures))
+    relative = read_grey(temperature_map)[None, None] if temperature_map is not None else None
     out_dir = Path(out_dir)
     model.eval()
     written: list[Path] = []
     skipped: list[str] = []
     nonfinite: list[tuple[str, float]] = []
+    maps: list[Path] = []
     for path in tqdm(files, desc="sample", unit="image", disable=not progress):
         try:
             rgb, gray, alpha = _read_with_mode(path)
@@ -340,20 +372,45 @@ def sample_files(
             skipped.append(str(error))
             continue
         lr = to_tensor(rgb)[None]
+        if relative is not None:
+            _check_map_fits(relative, lr, model.config.scale, temperature_map, path)
         results = super_resolve(
-            model, lr, temperatures, n, torch.Generator().manual_seed(seed), tile, overlap
+            model, lr, temperatures, n, torch.Generator().manual_seed(seed), tile, overlap,
+            relative,
         )
         for temperature, batch in results.items():
             fractions = nonfinite_fraction(batch)
             for index, sr in enumerate(batch):
-                name = output_name(path.stem, temperature, index)
+                name = output_name(path.stem, temperature, index, relative is not None)
                 if fractions[index] > 0:
                     nonfinite.append((name, float(fractions[index])))
                     continue
                 image = _as_output(sr, gray, alpha, model.config.scale)
                 written.append(write_image(out_dir / name, image))
+            if uncertainty and not bool(fractions.any()):
+                name = f"{path.stem}_{_tag(temperature, relative is not None)}"
+                maps += _write_uncertainty(out_dir, name, batch)
     if len(skipped) == len(files):
         raise ImageReadError(f"no readable input image: {'; '.join(skipped)}")
     return SampleSummary(
-        len(files) - len(skipped), temperatures, n, written, out_dir, skipped, nonfinite
+        len(files) - len(skipped), temperatures, n, written, out_dir, skipped, nonfinite, maps
     )
+
+
+def _check_map_fits(relative: Tensor, lr: Tensor, scale: int, map_path, image_path) -> None:
+    expected = (lr.shape[-2] * scale, lr.shape[-1] * scale)
+    if tuple(relative.shape[-2:]) != expected:
+        raise ValueError(
+            f"temperature map {map_path} is {relative.shape[-2]}x{relative.shape[-1]}, but the "
+            f"SR image of {Path(image_path).name} is {expected[0]}x{expected[1]}"
+        )
+
+
+def _write_uncertainty(out_dir: Path, name: str, batch: Tensor) -> list[Path]:
+    """`{name}_mean.png`, `{name}_std.png` and `{name}_std.npy` of one input's samples."""
+    mean, coloured, raw = uncertainty_images(batch)
+    paths = [write_image(out_dir / f"{name}_mean.png", mean),
+             write_image(out_dir / f"{name}_std.png", coloured)]
+    with atomic_path(out_dir / f"{name}_std.npy") as temp, open(temp, "wb") as handle:
+        np.save(handle, raw)
+    return [*paths, out_dir / f"{name}_std.npy"]

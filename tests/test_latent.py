@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from flow_helpers import (
+    chebyshev_distance_to_box,
+    photo_crop,
+    random_tiny_model,
+    receptive_radius,
+)
 
 import cinn_sr
-from cinn_sr import SRFlow
-from cinn_sr.blocks.subnet import ZeroConv2d
-from cinn_sr.datasets import imresize, read_image, sample_photos
+from cinn_sr.datasets import imresize, read_image
 from cinn_sr.latent import (
     content_transfer,
     mask_at_level,
@@ -160,56 +164,13 @@ def test_edits_reject_a_non_finite_or_negative_temperature(random_model, tempera
 # ---- model-based edits on a tiny SRFlow with random weights ------------------------------
 
 
-def _photo_crop(name: str, top: int, left: int, size: int) -> torch.Tensor:
-    """A size x size crop of one of the scikit-image photos as [1, 3, H, W] floats in [0, 1]."""
-    photo = dict(sample_photos())[name][top : top + size, left : left + size]
-    return torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
-
-
 @pytest.fixture(scope="module")
 def random_model():
-    """tiny-4x, ActNorms initialised on a photo, and the zero-initialised output convolutions
-    of every coupling, injector and split set to random values, so that all of them act."""
-    torch.manual_seed(0)
-    model = SRFlow.from_preset("tiny-4x")
-    hr = _photo_crop("chelsea", 40, 100, 64)
-    model.initialize(imresize(hr, 1 / 4), hr)
-    with torch.no_grad():
-        for module in model.flow.modules():
-            if isinstance(module, ZeroConv2d):
-                module.weight.normal_(0, 0.02)
-                module.bias.normal_(0, 0.02)
-    return model.eval()
-
-
-def receptive_radius(config) -> int:
-    """HR pixels beyond the changed latents' footprint that decoding can reach.
-
-    A latent entry at level l covers a 2^l x 2^l HR block (squeezes keep each block's values
-    together). Going latent -> HR, the only spatial mixing is each flow step's coupling
-    subnet (3x3, 1x1, 3x3 convolutions: 2 positions) and each prior split's 3x3 convolution
-    (1 position); ActNorms, 1x1 invertible convs and the injectors (they see only the
-    condition, which does not change) act per position. One position at level l is 2^l HR
-    pixels, so the reach is sum_l 2^l (2 K + [l is a split level]).
-    """
-    return sum(
-        2**level * (2 * config.K + (level in config.split_levels))
-        for level in range(1, config.L + 1)
-    )
-
-
-def _chebyshev_distance_to_box(size: int, rows: slice, cols: slice) -> torch.Tensor:
-    """For every pixel of a size x size image, the max-norm distance to a rectangle."""
-    index = torch.arange(size)
-
-    def gap(box: slice) -> torch.Tensor:
-        return (box.start - index).clamp_min(0) + (index - (box.stop - 1)).clamp_min(0)
-
-    return torch.maximum(gap(rows)[:, None], gap(cols)[None, :])
+    return random_tiny_model()
 
 
 def test_encode_decode_round_trip_of_a_real_photo(random_model):
-    hr = _photo_crop("coffee", 100, 200, 64)
+    hr = photo_crop("coffee", 100, 200, 64)
     lr = imresize(hr, 1 / 4)
     with torch.no_grad():
         back = random_model.decode(lr, random_model.encode(lr, hr))
@@ -218,7 +179,7 @@ def test_encode_decode_round_trip_of_a_real_photo(random_model):
 
 def test_resample_region_changes_the_region_and_nothing_beyond_the_receptive_field(random_model):
     config = random_model.config
-    hr = _photo_crop("astronaut", 0, 100, 192)
+    hr = photo_crop("astronaut", 0, 100, 192)
     lr = imresize(hr, 1 / 4)
     box = (slice(13, 37), slice(21, 45))  # not aligned to the coarsest level's 8-pixel blocks
     mask = torch.zeros(192, 192, dtype=torch.bool)
@@ -234,7 +195,7 @@ def test_resample_region_changes_the_region_and_nothing_beyond_the_receptive_fie
     # Safe distance: the mask covers whole 2^L blocks at the coarsest level (up to 2^L - 1
     # pixels more), then decoding reaches receptive_radius further (65 px for tiny-4x).
     safe = 2**config.L - 1 + receptive_radius(config)
-    distance = _chebyshev_distance_to_box(192, *box)
+    distance = chebyshev_distance_to_box(192, *box)
     far = distance > safe
     assert far.sum() > 0.5 * far.numel()
     assert change[far].max() < 1e-4
@@ -243,17 +204,17 @@ def test_resample_region_changes_the_region_and_nothing_beyond_the_receptive_fie
 
 
 def test_style_transfer_onto_its_own_lr_returns_the_source(random_model):
-    hr = _photo_crop("rocket", 200, 300, 64)
+    hr = photo_crop("rocket", 200, 300, 64)
     lr = imresize(hr, 1 / 4)
     torch.testing.assert_close(style_transfer(random_model, hr, lr, lr), hr, atol=1e-4, rtol=0)
-    other_lr = imresize(_photo_crop("coffee", 0, 0, 64), 1 / 4)
+    other_lr = imresize(photo_crop("coffee", 0, 0, 64), 1 / 4)
     assert (style_transfer(random_model, hr, lr, other_lr) - hr).abs().mean() > 1e-2
     with pytest.raises(ValueError, match="LR"):
         style_transfer(random_model, hr, lr, lr[..., :8])
 
 
 def test_edits_reject_sizes_that_do_not_fit_the_scale(random_model):
-    hr = _photo_crop("coffee", 0, 0, 64)
+    hr = photo_crop("coffee", 0, 0, 64)
     lr = imresize(hr, 1 / 4)
     with pytest.raises(ValueError, match="60x64 does not fit the 16x16 LR at 4x"):
         restore(random_model, hr[..., :60, :], lr=lr)
@@ -264,7 +225,7 @@ def test_edits_reject_sizes_that_do_not_fit_the_scale(random_model):
 
 def test_edits_work_on_sizes_the_model_pads(random_model):
     """LR 13 x 10 is not a multiple of what the flow needs: the model pads, masks follow."""
-    hr = _photo_crop("chelsea", 0, 0, 52)[..., :40]
+    hr = photo_crop("chelsea", 0, 0, 52)[..., :40]
     lr = imresize(hr, 1 / 4)
     mask = torch.zeros(52, 40, dtype=torch.bool)
     mask[30:, 20:] = True
@@ -313,7 +274,7 @@ def test_restore_denoises_a_real_photo(trained_model):
 
 def test_content_transfer_makes_the_pasted_region_consistent_with_the_lr(trained_model):
     image = _held_out_crops()[:1]
-    pasted = _photo_crop("coffee", 100, 200, 128)
+    pasted = photo_crop("coffee", 100, 200, 128)
     lr = imresize(image, 1 / 4)
     mask = torch.zeros(128, 128, dtype=torch.bool)
     mask[40:88, 40:88] = True
