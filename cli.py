@@ -215,16 +215,32 @@ def _tile_options(command):
 @click.option("--uncertainty", is_flag=True,
               help="Also write the mean (_mean.png) and per-pixel std (_std.png, colour-mapped; "
               "_std.npy, raw) of the --samples (2 or more) per image and temperature.")
+@click.option("--settings", type=click.Path(exists=True, dir_okay=False),
+              help="Render the settings downloaded from `cinn-sr explore` (seed, temperature, "
+              "brush, re-sampled regions) as {stem}_explore.png, the page's image bit for bit.")
 @click.option("--compile", "compile_flow", is_flag=True,
               help="Run the flow through torch.compile (falls back to eager with a warning).")
 def sample(
     checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap,
-    temperature_map, uncertainty, compile_flow,
+    temperature_map, uncertainty, settings, compile_flow,
 ) -> None:
     """Super-resolve LR images (files or folders) into OUT as {stem}_t{temperature}_s{index}.png."""
     from cinn_sr.sampling import NONFINITE_REMEDY, sample_files
 
     model = _load_model(checkpoint, device)
+    if settings is not None:
+        from cinn_sr.explore.session import render_files
+
+        if temperatures or samples != 1 or temperature_map or uncertainty or tile:
+            raise click.UsageError(
+                "--settings fixes the seed, temperature and edits: drop --temperature, "
+                "--samples, --temperature-map, --uncertainty and --tile"
+            )
+
+        with one_line_errors():
+            written = render_files(model, inputs, out, settings)
+        click.echo(f"wrote {len(written)} images to {out} with the settings of {settings}")
+        return
     if compile_flow:
         from cinn_sr.fastpath import compile_flow as compile_model_flow
 
@@ -241,6 +257,34 @@ def sample(
             f"{len(summary.nonfinite)} of {total} samples had NaN/inf pixels and were not "
             f"written: {NONFINITE_REMEDY}"
         )
+
+
+@main.command("explore")
+@click.argument("checkpoint", type=CHECKPOINT, metavar="CKPT")
+@click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--hr", "is_hr", is_flag=True,
+              help="IMAGE is an HR image: it is downscaled (MATLAB bicubic) and shown beside "
+              "the samples with their PSNR, LPIPS and LR-PSNR.")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the page (0: a free one).")
+@click.option("--share", is_flag=True,
+              help="Listen on every network interface, so others on your network can open the "
+              "page (default: this machine only, 127.0.0.1).")
+@_device_option
+def explore(checkpoint, image, is_hr, port, share, device) -> None:
+    """Explore the SR space of an image in a local web page.
+
+    Open an LR image (or an HR one, to see scores), move the temperature, flip through
+    samples, paint a region to re-sample or a temperature to apply there, see the
+    uncertainty map, and download the SR image with the settings that reproduce it
+    (`cinn-sr sample CKPT LR --settings FILE`). Ctrl-C stops the server.
+    """
+    from cinn_sr.explore.server import serve
+
+    model = _load_model(checkpoint, device)
+    with one_line_errors():
+        serve(model, image, is_hr, "0.0.0.0" if share else "127.0.0.1", port,
+              ready=lambda url: click.echo(f"explore: open {url} in a browser (Ctrl-C to stop)"))
 
 
 def _metric_flag(name: str, value: str, text: str):

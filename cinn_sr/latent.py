@@ -137,10 +137,22 @@ def resample_region(
     """New detail inside a region: re-draw the latents inside ``mask`` (HR pixels, mapped to
     each level by max-pooling) from N(0, tau^2), keep all others, and decode with ``lr``
     (``cond``: its conditions, e.g. a `PreparedLR` for repeated edits)."""
-    check_sizes(model.config.scale, lr, mask)
-    mask = _mask_for_model(model, lr, mask)
-    latents = _at_temperature_inside(latents, mask, temperature, generator)
+    latents = redraw_region(model, lr, latents, mask, temperature, generator)
     return model.decode(lr, latents, cond=cond)
+
+
+def redraw_region(
+    model: SRFlow,
+    lr: torch.Tensor,
+    latents: list[torch.Tensor],
+    mask: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """The latents of `resample_region`: those inside ``mask`` re-drawn from N(0, tau^2)."""
+    check_sizes(model.config.scale, lr, mask)
+    return _at_temperature_inside(latents, _mask_for_model(model, lr, mask), temperature,
+                                  generator)
 
 
 @torch.no_grad()

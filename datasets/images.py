@@ -7,6 +7,7 @@ images are scaled to 8 bits (``round(v * 255 / max)``), palette/CMYK images are 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from .atomic import atomic_path
 
 __all__ = [
+    "png_bytes",
     "ImageReadError",
     "IMAGE_SUFFIXES",
     "read_image",
@@ -190,6 +192,13 @@ def _as_uint8_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
         raise ValueError(f"write_image takes HxW, HxWx3 or CxHxW images, got {image.shape}")
     return np.ascontiguousarray(image)
+
+
+def png_bytes(image: np.ndarray | torch.Tensor) -> bytes:
+    """An image (as `write_image` takes it) encoded as PNG, in memory."""
+    buffer = io.BytesIO()
+    Image.fromarray(_as_uint8_hwc(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray | torch.Tensor) -> Path:
