@@ -138,3 +138,12 @@ def test_cli_sample_with_settings_writes_the_explorers_image(model, lr_rgb, tmp_
     (tmp_path / "bad.json").write_text('{"format": "something"}')
     bad = runner.invoke(main, [*args[:-1], str(tmp_path / "bad.json")])
     assert bad.exit_code == 2 and "not a cinn-sr explore settings file" in bad.output
+
+
+def test_a_port_in_use_is_one_line(model):
+    taken = make_server(Explorer(model), port=0)
+    try:
+        with pytest.raises(OSError, match="choose another --port"):
+            make_server(Explorer(model), port=taken.server_address[1])
+    finally:
+        taken.server_close()

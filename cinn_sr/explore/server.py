@@ -233,7 +233,11 @@ def _one_line(error: BaseException) -> str:
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860):
     """The HTTP server of `explorer` (not started); port 0 picks a free one."""
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as error:
+        raise OSError(f"cannot listen on {host}:{port} ({error.strerror}): choose another "
+                      "--port (0: a free one)") from None
     server.explorer = explorer
     server.daemon_threads = True
     return server
