@@ -231,10 +231,14 @@ def sample(
     if settings is not None:
         from cinn_sr.explore.session import render_files
 
-        if temperatures or samples != 1 or temperature_map or uncertainty or tile:
+        ctx = click.get_current_context()
+        given = [param.opts[0] for param in ctx.command.params if param.name in (
+            "temperatures", "samples", "seed", "tile", "tile_overlap", "temperature_map",
+            "uncertainty", "compile_flow")
+            and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
             raise click.UsageError(
-                "--settings fixes the seed, temperature and edits: drop --temperature, "
-                "--samples, --temperature-map, --uncertainty and --tile"
+                f"--settings fixes the seed, temperature and edits: drop {', '.join(given)}"
             )
 
         with one_line_errors():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,7 +53,8 @@ def check_temperature(temperature: float) -> None:
 class PreparedLR:
     """What sampling needs of one LR batch, computed once (`SRFlow.prepare`): the encoder's
     conditions and a cache of the flow's condition-only terms, filled by the first decode.
-    Pass it as `cond=` to `sample` and `decode` (and the editing functions) with that LR."""
+    Pass it as `cond=` to `sample` and `decode` (and the editing functions) with that LR;
+    it is for inference (its tensors carry no gradients)."""
 
     lr: Tensor
     cond: list[Tensor]
@@ -171,11 +173,10 @@ class SRFlow(nn.Module):
     def _condition(self, lr: Tensor, cond: Conditions | None) -> list[Tensor]:
         """`cond`, or the features of an LR the caller has already checked."""
         if isinstance(cond, PreparedLR):
-            if cond.lr.shape != lr.shape:
-                raise ValueError(
-                    f"cond was prepared for an LR of shape {tuple(cond.lr.shape)}, "
-                    f"not {tuple(lr.shape)}"
-                )
+            same = cond.lr is lr or (cond.lr.shape == lr.shape and cond.lr.device == lr.device
+                                     and torch.equal(cond.lr, lr))
+            if not same:
+                raise ValueError("cond was prepared for another LR image: prepare this one")
             return cond.cond
         return list(cond) if cond is not None else self._features(lr)
 
@@ -292,6 +293,10 @@ class SRFlow(nn.Module):
         the HR and max-pooled to the level ([B * n | 1, 1, h, w]); latents = eps * it."""
         s = self.config.scale
         shapes = self.latent_shapes(lr.shape[-2] * s, lr.shape[-1] * s)
+        if isinstance(temperature, np.ndarray):
+            temperature = torch.from_numpy(temperature)
+        if isinstance(temperature, Tensor) and temperature.dim() == 0:
+            temperature = float(temperature)
         if not isinstance(temperature, Tensor):
             check_temperature(temperature)
             return [float(temperature)] * len(shapes)

@@ -59,7 +59,11 @@ def uncertainty(
     model, lr: Tensor, n: int = 10, temperature: float | Tensor = 0.9,
     generator: torch.Generator | None = None, cond=None,
 ) -> tuple[Tensor, Tensor]:
-    """(mean [B, C, H, W], std [B, 1, H, W]) of n samples per image of the LR batch."""
+    """(mean [B, C, H, W], std [B, 1, H, W]) of n samples per image of the LR batch, clamped
+    to [0, 1] as the written images are; a ValueError when a sample has NaN/inf pixels."""
     samples = model.sample(lr, temperature, n=n, generator=generator, cond=cond).float()
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("a sample has NaN/inf pixels: lower the temperature")
+    samples = samples.clamp(0, 1)
     pairs = [mean_and_std(group) for group in samples.unflatten(0, (lr.shape[0], n))]
     return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])

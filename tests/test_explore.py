@@ -114,6 +114,18 @@ def test_the_http_api_answers_json_and_errors_as_one_line(model, lr_rgb):
         answer = post("/api/render", {"seed": 2, "temperature": 0.7})
         assert decoded(answer["sr"]).shape == (96, 96, 3)
         assert "temperature" in post("/api/render", {"temperature": -1})["error"]
+        hostile = [
+            ("/api/render", {"temperature": 0.7, "uncertainty": 10**7}, "0 (none) or 2 to 16"),
+            ("/api/render", {"temperature": 0.7, "seed": 2**70}, "seed must be an integer"),
+            ("/api/render", {"temperature": 0.7, "seed": 1.5}, "seed must be an integer"),
+            ("/api/render", {"temperature": "0.7"}, "temperature must be a number"),
+            ("/api/render", {}, "lacks 'temperature'"),
+            ("/api/render", {"temperature": 0.7, "brush": "x"}, "brush must be"),
+            ("/api/open", {"image": data_url(lr_rgb), "hr": "false"}, "'hr' must be a bool"),
+            ("/api/region", {"mask": 5, "temperature": 0.7}, "mask must be a PNG data URL"),
+        ]
+        for path, body, message in hostile:
+            assert message in post(path, body)["error"], (path, body)
     finally:
         server.shutdown()
         server.server_close()
@@ -133,8 +145,8 @@ def test_cli_sample_with_settings_writes_the_explorers_image(model, lr_rgb, tmp_
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert np.array_equal(read_image(tmp_path / "sr" / "lr_explore.png"), decoded(answer["sr"]))
-    both = runner.invoke(main, [*args, "--temperature", "0.5"])
-    assert both.exit_code == 2 and "--settings fixes" in both.output
+    both = runner.invoke(main, [*args, "--temperature", "0.5", "--seed", "3"])
+    assert both.exit_code == 2 and "drop --temperature, --seed" in both.output
     (tmp_path / "bad.json").write_text('{"format": "something"}')
     bad = runner.invoke(main, [*args[:-1], str(tmp_path / "bad.json")])
     assert bad.exit_code == 2 and "not a cinn-sr explore settings file" in bad.output
@@ -147,3 +159,25 @@ def test_a_port_in_use_is_one_line(model):
             make_server(Explorer(model), port=taken.server_address[1])
     finally:
         taken.server_close()
+
+
+def test_settings_files_are_checked_field_by_field(monkeypatch):
+    from cinn_sr.datasets import OptionError
+    from cinn_sr.explore.session import mask_from_data_url
+
+    good = json.loads(Settings(seed=1, temperature=0.5).to_json())
+    for change, message in [
+        ({"version": 99}, "version 99"),
+        ({"seed": -1}, "seed must be an integer"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"temperature": "0.5"}, "temperature must be a number"),
+        ({"temperature": float("nan")}, "finite number"),
+        ({"brush": {"mask": 3, "temperature": 1}}, "brush mask must be a PNG data URL"),
+        ({"regions": [{"mask": "x", "seed": 1}]}, "region temperature must be a number"),
+        ({"regions": "none"}, "regions must be a list"),
+    ]:
+        with pytest.raises(OptionError, match=message):
+            Settings.from_json(json.dumps({**good, **change}))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 96 x 96 mask is now a "bomb"
+    with pytest.raises(ValueError, match="a mask must be a PNG data URL"):
+        mask_from_data_url(mask_to_data_url(torch.ones(96, 96, dtype=torch.bool)), (96, 96))

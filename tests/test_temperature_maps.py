@@ -125,8 +125,9 @@ def test_a_prepared_lr_gives_the_same_samples_and_runs_the_encoder_once(model, l
     for a, b in zip(plain, again, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
     assert edited.shape == (1, 3, 256, 256)
-    with pytest.raises(ValueError, match="prepared for an LR of shape"):
-        model.sample(lr[..., :32, :32], 0.5, cond=prepared)
+    for other in (lr[..., :32, :32], lr.flip(-1)):
+        with pytest.raises(ValueError, match="prepared for another LR image"):
+            model.sample(other, 0.5, cond=prepared)
 
 
 def test_the_condition_cache_follows_the_condition_tensor():

@@ -21,6 +21,7 @@ import json
 import math
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -31,14 +32,24 @@ import torch
 from torch import Tensor
 
 from cinn_sr.datasets import ImageReadError, imresize, png_bytes, read_image, to_tensor
-from cinn_sr.explore.session import Brush, Region, Settings, apply_region, base_sample
+from cinn_sr.explore.session import (
+    Region,
+    Settings,
+    apply_region,
+    base_sample,
+    parse_brush,
+    parse_seed,
+    parse_temperature,
+)
 from cinn_sr.metrics import lr_psnr, psnr
-from cinn_sr.model import SRFlow, check_temperature
+from cinn_sr.model import SRFlow
 from cinn_sr.sampling import NONFINITE_REMEDY, nonfinite_fraction
 from cinn_sr.uncertainty import colour_map, mean_and_std
 
 MAX_UPLOAD = 64 * 2**20
 """Largest request body accepted (bytes)."""
+MAX_UNCERTAINTY_SAMPLES = 16
+"""Most samples one uncertainty map may take (each is a decode)."""
 
 
 def data_url(image: np.ndarray | Tensor) -> str:
@@ -55,11 +66,20 @@ def image_from_data_url(url: str) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=".img") as handle:
         handle.write(raw)
         handle.flush()
+
+        def named(text: str) -> str:
+            text = text.replace(handle.name, "the upload")
+            return text.replace(Path(handle.name).name, "the upload")
+
         try:
-            return read_image(handle.name)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rgb = read_image(handle.name)
         except ImageReadError as error:
-            message = str(error).replace(handle.name, "the upload")
-            raise ImageReadError(message.replace(Path(handle.name).name, "the upload")) from None
+            raise ImageReadError(named(str(error))) from None
+    for warning in caught:
+        warnings.warn(named(str(warning.message)), stacklevel=2)
+    return rgb
 
 
 @dataclass
@@ -95,7 +115,8 @@ class Explorer:
             hr = to_tensor(rgb[:h, :w])[None]
             rgb = imresize(rgb[:h, :w], 1 / s)
         lr = to_tensor(rgb)[None]
-        self.opened = Opened(lr, hr, self.model.prepare(lr))
+        device = next(self.model.parameters()).device
+        self.opened = Opened(lr, hr, self.model.prepare(lr.to(device)))
         self.latents = self.image = None
         return self.shown()
 
@@ -117,16 +138,18 @@ class Explorer:
         """A new base sample (re-sampled regions are dropped), and its uncertainty map over
         `uncertainty` samples (seeds seed, seed + 1, ...) when that is 2 or more."""
         opened = self._require_open()
-        check_temperature(temperature)
-        settings = Settings(int(seed), float(temperature),
-                            None if not brush else Brush(str(brush["mask"]),
-                                                         float(brush["temperature"])))
+        settings = Settings(parse_seed(seed), parse_temperature(temperature), parse_brush(brush))
+        if isinstance(uncertainty, bool) or not isinstance(uncertainty, int) or not (
+            uncertainty == 0 or 2 <= uncertainty <= MAX_UNCERTAINTY_SAMPLES
+        ):
+            raise ValueError(f"uncertainty must be 0 (none) or 2 to {MAX_UNCERTAINTY_SAMPLES} "
+                             f"samples, got {uncertainty!r}")
         latents, image = base_sample(self.model, opened.prepared, settings)
         answer = self._accept(settings, latents, image)
         if uncertainty >= 2:
             samples = [image] + [
                 base_sample(self.model, opened.prepared, Settings(
-                    settings.seed + i, settings.temperature, settings.brush))[1]
+                    (settings.seed + i) % 2**63, settings.temperature, settings.brush))[1]
                 for i in range(1, uncertainty)
             ]
             _, std = mean_and_std(torch.cat(samples).clamp(0, 1))
@@ -137,10 +160,11 @@ class Explorer:
     def region(self, mask: str, seed: int, temperature: float) -> dict:
         """Re-sample the current image inside `mask` (everything outside stays as it is)."""
         opened = self._require_open()
-        check_temperature(temperature)
         if self.latents is None:
             raise ValueError("draw a sample first")
-        region = Region(mask, int(seed), float(temperature))
+        if not isinstance(mask, str):
+            raise ValueError("mask must be a PNG data URL")
+        region = Region(mask, parse_seed(seed), parse_temperature(temperature))
         latents, image = apply_region(self.model, opened.prepared, self.latents, self.image,
                                       region)
         settings = Settings(self.settings.seed, self.settings.temperature, self.settings.brush,
@@ -192,24 +216,27 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         explorer: Explorer = self.server.explorer
         actions = {
-            "/api/open": lambda q: explorer.open(image_from_data_url(q["image"]),
-                                                 bool(q.get("hr"))),
-            "/api/render": lambda q: explorer.render(q.get("seed", 0), q["temperature"],
-                                                     q.get("brush"), int(q.get("uncertainty", 0))),
-            "/api/region": lambda q: explorer.region(q["mask"], q.get("seed", 0),
-                                                     q["temperature"]),
+            "/api/open": lambda q: explorer.open(image_from_data_url(_field(q, "image", str)),
+                                                 _field(q, "hr", bool, False)),
+            "/api/render": lambda q: explorer.render(
+                q.get("seed", 0), _field(q, "temperature", object), q.get("brush"),
+                q.get("uncertainty", 0)),
+            "/api/region": lambda q: explorer.region(
+                _field(q, "mask", object), q.get("seed", 0), _field(q, "temperature", object)),
         }
         if self.path not in actions:
             self._send(404, b"not found", "text/plain")
             return
         try:
             length = int(self.headers.get("Content-Length", 0))
-            if length > MAX_UPLOAD:
-                raise ValueError(f"the upload is larger than {MAX_UPLOAD // 2**20} MiB")
+            if not 0 <= length <= MAX_UPLOAD:
+                raise ValueError(f"the request must be 0 to {MAX_UPLOAD // 2**20} MiB")
             query = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(query, dict):
+                raise ValueError("the request must be a JSON object")
             with explorer.lock:
                 answer = actions[self.path](query)
-        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        except (ValueError, TypeError, RuntimeError) as error:
             answer = {"error": _one_line(error)}
         except Exception as error:  # noqa: BLE001 (the page shows it; the server goes on)
             answer = {"error": f"{type(error).__name__}: {_one_line(error)}"}
@@ -224,6 +251,18 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page went away
+
+
+def _field(query: dict, name: str, kind: type, default=None):
+    """`query[name]` of type `kind` (`object`: any), `default` when absent and given."""
+    if name not in query:
+        if default is not None:
+            return default
+        raise ValueError(f"the request lacks {name!r}")
+    value = query[name]
+    if kind is not object and not isinstance(value, kind):
+        raise ValueError(f"{name!r} must be a {kind.__name__}, got {value!r:.40}")
+    return value
 
 
 def _one_line(error: BaseException) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,25 +31,45 @@ from torch import Tensor
 
 from cinn_sr.datasets import OptionError
 from cinn_sr.latent import redraw_region
-from cinn_sr.model import PreparedLR, SRFlow, check_temperature
+from cinn_sr.model import PreparedLR, SRFlow
 
 SETTINGS_FORMAT = "cinn-sr-explore"
 SETTINGS_VERSION = 1
 
 
 def mask_from_data_url(url: str, size: tuple[int, int]) -> Tensor:
-    """A painted mask (PNG data URL; inside where alpha or any colour is above 127) as bool
-    [H, W] of `size`; ValueError for anything else."""
+    """A painted mask (a PNG data URL; inside where alpha and the brightest colour channel
+    are above 127, as the page paints opaque white) as bool [H, W] of `size`; ValueError for
+    anything else."""
+    if not isinstance(url, str) or "," not in url:
+        raise ValueError("a mask must be a PNG data URL (data:image/png;base64,...)")
     try:
         raw = base64.b64decode(url.split(",", 1)[1], validate=True)
         with Image.open(io.BytesIO(raw)) as image:
             rgba = np.array(image.convert("RGBA"))
-    except (IndexError, ValueError, OSError) as error:
-        raise ValueError(f"not a PNG data URL of a mask: {error}") from None
+    except (ValueError, OSError, Image.DecompressionBombError):
+        raise ValueError("a mask must be a PNG data URL (data:image/png;base64,...) of an "
+                         "image of the SR size") from None
     if rgba.shape[:2] != tuple(size):
         raise ValueError(f"the mask is {rgba.shape[0]}x{rgba.shape[1]}, the SR image "
                          f"{size[0]}x{size[1]}")
     return torch.from_numpy((rgba[..., 3] > 127) & (rgba[..., :3].max(-1) > 127))
+
+
+def parse_seed(value: object, name: str = "seed") -> int:
+    """A seed as `cinn-sr sample --seed` takes it: an integer in [0, 2^63 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be an integer from 0 to 2^63 - 1, got {value!r}")
+    return value
+
+
+def parse_temperature(value: object, name: str = "temperature") -> float:
+    """A temperature: a finite number >= 0 (not a string or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def mask_to_data_url(mask: Tensor) -> str:
@@ -96,22 +117,22 @@ class Settings:
         """Parse a settings file; OptionError (one line) for anything that is not one."""
         try:
             record = json.loads(text)
-            if record.get("format") != SETTINGS_FORMAT:
+            if not isinstance(record, dict) or record.get("format") != SETTINGS_FORMAT:
                 raise ValueError(f"its format is not {SETTINGS_FORMAT!r}")
-            brush = record.get("brush")
-            settings = cls(
-                seed=int(record["seed"]), temperature=float(record["temperature"]),
-                brush=None if brush is None else Brush(str(brush["mask"]),
-                                                       float(brush["temperature"])),
-                regions=[Region(str(r["mask"]), int(r["seed"]), float(r["temperature"]))
-                         for r in record.get("regions", [])],
+            version = record.get("version")
+            if isinstance(version, bool) or not isinstance(version, int) or not (
+                1 <= version <= SETTINGS_VERSION
+            ):
+                raise ValueError(f"version {version!r} is not one this cinn-sr reads "
+                                 f"(1 to {SETTINGS_VERSION})")
+            return cls(
+                seed=parse_seed(record.get("seed")),
+                temperature=parse_temperature(record.get("temperature")),
+                brush=parse_brush(record.get("brush")),
+                regions=[_region(r) for r in _list(record.get("regions", []), "regions")],
             )
-            for t in (settings.temperature, *(r.temperature for r in settings.regions),
-                      *((settings.brush.temperature,) if settings.brush else ())):
-                check_temperature(t)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, TypeError) as error:
             raise OptionError(f"not a cinn-sr explore settings file: {error}") from None
-        return settings
 
     @classmethod
     def read(cls, path: str | Path) -> Settings:
@@ -119,6 +140,39 @@ class Settings:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as error:
             raise OptionError(f"{path}: cannot read settings: {error}") from None
+
+
+def _list(value: object, name: str) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list, got {value!r}")
+    return value
+
+
+def _mask_text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a PNG data URL, got {type(value).__name__}")
+    return value
+
+
+def parse_brush(value: object) -> Brush | None:
+    """A brush from its JSON form ({"mask", "temperature"} or null)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"brush must be {{\"mask\": ..., \"temperature\": ...}} or null, "
+                         f"got {value!r}")
+    return Brush(_mask_text(value.get("mask"), "brush mask"),
+                 parse_temperature(value.get("temperature"), "brush temperature"))
+
+
+def _region(value: object) -> Region:
+    """A region from its JSON form ({"mask", "seed", "temperature"})."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a region must be {{\"mask\", \"seed\", \"temperature\"}}, "
+                         f"got {value!r}")
+    return Region(_mask_text(value.get("mask"), "region mask"),
+                  parse_seed(value.get("seed"), "region seed"),
+                  parse_temperature(value.get("temperature"), "region temperature"))
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -142,9 +196,17 @@ def base_sample(
     hr_size = (lr.shape[-2] * s, lr.shape[-1] * s)
     temperatures = model.level_temperatures(temperature_of(settings, hr_size), lr)
     generator = _generator(settings.seed)
-    latents = [torch.randn(1, *shape, generator=generator) * t
+    latents = [torch.randn(1, *shape, generator=generator) * (
+                   t.cpu() if isinstance(t, Tensor) else t)
                for shape, t in zip(model.latent_shapes(*hr_size), temperatures, strict=True)]
-    return latents, model.decode(lr, latents, cond=prepared).float().cpu()
+    return latents, _decoded(model, prepared, latents)
+
+
+def _decoded(model: SRFlow, prepared: PreparedLR, latents: list[Tensor]) -> Tensor:
+    """Decode CPU latents on the model's device; the image back on the CPU."""
+    device = prepared.lr.device
+    image = model.decode(prepared.lr, [z.to(device) for z in latents], cond=prepared)
+    return image.float().cpu()
 
 
 @torch.inference_mode()
@@ -153,10 +215,11 @@ def apply_region(
 ) -> tuple[list[Tensor], Tensor]:
     """(latents, image) after re-sampling `region` (step 2 of the module docstring)."""
     mask = mask_from_data_url(region.mask, tuple(image.shape[-2:]))
+    if not mask.any():
+        raise ValueError("the region to re-sample is empty: paint it first")
     latents = redraw_region(model, prepared.lr, latents, mask, region.temperature,
                             _generator(region.seed))
-    decoded = model.decode(prepared.lr, latents, cond=prepared).float().cpu()
-    return latents, torch.where(mask, decoded, image)
+    return latents, torch.where(mask, _decoded(model, prepared, latents), image)
 
 
 def render(model: SRFlow, prepared: PreparedLR, settings: Settings) -> Tensor:
