@@ -242,8 +242,12 @@ def sample(
             )
 
         with one_line_errors():
-            written = render_files(model, inputs, out, settings)
-        click.echo(f"wrote {len(written)} images to {out} with the settings of {settings}")
+            written, skipped = render_files(model, inputs, out, settings)
+        images = "image" if len(written) == 1 else "images"
+        line = f"wrote {len(written)} {images} to {out} with the settings of {settings}"
+        if skipped:
+            line += f"; skipped {len(skipped)} unreadable: {'; '.join(skipped)}"
+        click.echo(line)
         return
     if compile_flow:
         from cinn_sr.fastpath import compile_flow as compile_model_flow

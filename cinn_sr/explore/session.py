@@ -232,16 +232,24 @@ def render(model: SRFlow, prepared: PreparedLR, settings: Settings) -> Tensor:
 
 def render_files(
     model: SRFlow, inputs, out_dir: str | Path, settings_path: str | Path
-) -> list[Path]:
+) -> tuple[list[Path], list[str]]:
     """`cinn-sr sample --settings FILE`: each LR image file rendered with the settings as
-    `{stem}_explore.png` (NaN/inf is a ValueError: such an image is never written)."""
-    from cinn_sr.datasets import read_image, to_tensor, write_image
+    `{stem}_explore.png`. Returns the written files and the skipped unreadable inputs (as
+    `sample` skips them; none readable is an ImageReadError). Settings that do not fit an
+    image, or NaN/inf pixels, are a ValueError naming it; nothing is written for it."""
+    from cinn_sr.datasets import ImageReadError, read_image, to_tensor, write_image
     from cinn_sr.sampling import NONFINITE_REMEDY, expand_inputs, nonfinite_fraction
 
     settings = Settings.read(settings_path)
-    written = []
-    for path in expand_inputs(inputs):
-        lr = to_tensor(read_image(path))[None].to(next(model.parameters()).device)
+    files = expand_inputs(inputs)
+    written, skipped = [], []
+    for path in files:
+        try:
+            rgb = read_image(path)
+        except ImageReadError as error:
+            skipped.append(str(error))
+            continue
+        lr = to_tensor(rgb)[None].to(next(model.parameters()).device)
         try:
             image = render(model, model.prepare(lr), settings)
         except ValueError as error:
@@ -252,4 +260,6 @@ def render_files(
                              f"{NONFINITE_REMEDY}")
         out = Path(out_dir) / f"{path.stem}_explore.png"
         written.append(write_image(out, image[0].clamp(0, 1)))
-    return written
+    if len(skipped) == len(files):
+        raise ImageReadError(f"no readable input image: {'; '.join(skipped)}")
+    return written, skipped
