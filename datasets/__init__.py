@@ -17,6 +17,7 @@ from .images import (
 from .pack import PATCH_FILE_FORMAT, PackSummary, collect_sources, pack_images
 from .patch_dataset import PatchDataset, PatchFileError, read_patch_attrs
 from .photos import SAMPLE_PHOTO_FILES, sample_photo_paths, sample_photos
+from .png_rows import PngRowWriter
 from .resize import imresize, resize_weights
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "PackSummary",
     "PatchDataset",
     "PatchFileError",
+    "PngRowWriter",
     "SAMPLE_PHOTO_FILES",
     "check_scaled_size",
     "collect_sources",

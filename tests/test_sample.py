@@ -1,5 +1,9 @@
-"""Sampling: tiled decoding agrees with whole-image decoding, seeds reproduce, `cinn-sr sample`
-handles odd sizes, grayscale and RGBA inputs."""
+"""Sampling: tiled decoding agrees with whole-image decoding, seeds reproduce, the noise is a
+function of the position (not of the tiling), tiled outputs are written strip by strip as
+uint8, `cinn-sr sample` handles odd sizes, grayscale and RGBA inputs."""
+
+import copy
+import io
 
 import numpy as np
 import pytest
@@ -8,9 +12,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cinn_sr
-from cinn_sr.datasets import imresize, sample_photos
+from cinn_sr.datasets import PngRowWriter, imresize, sample_photos
 from cinn_sr.metrics import psnr
-from cinn_sr.sampling import decode_tiled, draw_noise, super_resolve, tile_windows
+from cinn_sr.sampling import (
+    BlockNoise,
+    decode_tiled,
+    draw_noise,
+    sample_files,
+    super_resolve,
+    tile_windows,
+)
 from cli import main
 
 
@@ -60,6 +71,99 @@ def test_tiled_decoding_matches_whole_image(model, lr_image):
     assert psnr(other_lr[0].clamp(0, 1), whole[0].clamp(0, 1)) < 30  # the condition matters
     for index in range(2):
         assert psnr(tiled[index].clamp(0, 1), whole[index].clamp(0, 1)) >= 45
+
+
+def test_noise_is_a_function_of_the_position_not_of_the_tiling(model):
+    noise = BlockNoise.for_image(model, 45, 53, 2, torch.Generator().manual_seed(7))
+    whole = noise.whole()
+    assert [tuple(z.shape[1:]) for z in whole] == model.latent_shapes(180, 212)
+    assert whole[0].shape[0] == 2 and not torch.equal(whole[0][0], whole[0][1])
+    assert [z.shape for z in draw_noise(model, 45, 53, 2, torch.Generator().manual_seed(7))] == [
+        z.shape for z in whole
+    ]
+    padded_h, padded_w = 46, 54  # the model's padding to the coarsest grid (2)
+    for tile, overlap in ((12, 4), (24, 12), (40, 2)):
+        for rows in tile_windows(45, tile, overlap, 2):
+            for cols in tile_windows(53, tile, overlap, 2):
+                for z, crop in zip(whole, noise.window(rows, cols), strict=True):
+                    top = rows.start * z.shape[-2] // padded_h
+                    left = cols.start * z.shape[-1] // padded_w
+                    expected = z[..., top : top + crop.shape[-2], left : left + crop.shape[-1]]
+                    assert torch.equal(crop, expected)
+    # a larger image draws the same eps at the same positions (the padding included)
+    larger = BlockNoise.for_image(model, 64, 70, 2, torch.Generator().manual_seed(7)).whole()
+    for small, big in zip(whole, larger, strict=True):
+        assert torch.equal(small, big[..., : small.shape[-2], : small.shape[-1]])
+    other = BlockNoise.for_image(model, 45, 53, 2, torch.Generator().manual_seed(8)).whole()
+    assert not torch.equal(other[0], whole[0])
+
+
+def test_tiled_super_resolve_matches_whole_image_with_a_temperature_map(model, lr_image):
+    relative = torch.linspace(0, 1, 212).expand(180, 212)[None, None].contiguous()
+    generator = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    whole = super_resolve(model, lr_image, [0.8], 2, generator(), temperature_map=relative)[0.8]
+    tiled = super_resolve(model, lr_image, [0.8], 2, generator(), tile=16, overlap=12,
+                          temperature_map=relative)[0.8]
+    assert tiled.shape == whole.shape == (2, 3, 180, 212)
+    for index in range(2):
+        assert psnr(tiled[index], whole[index]) >= 45
+    constant = super_resolve(model, lr_image, [0.8], 2, generator(), tile=16, overlap=12)[0.8]
+    assert psnr(constant[0], tiled[0]) < 45  # the map matters
+
+
+def test_strip_writing_equals_rounding_the_float_assembly(model, tmp_path, lr_image):
+    lr = lr_image[..., :37, :29]
+    rgb = np.floor(lr[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    summary = sample_files(model, [tmp_path / "rgb.png", tmp_path / "gray.png"], tmp_path / "o",
+                           [0.8, 0.5], n=2, seed=4, tile=8, overlap=4, progress=False)
+    assert len(summary.written) == 8 and not summary.nonfinite
+    for stem, image in (("rgb", rgb), ("gray", np.dstack([rgb[..., 0]] * 3))):
+        lr_read = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+        floats = super_resolve(model, lr_read, [0.8, 0.5], 2, torch.Generator().manual_seed(4),
+                               tile=8, overlap=4)
+        for temperature, batch in floats.items():
+            for index, sr in enumerate(batch):
+                expected = np.floor(sr.permute(1, 2, 0).double().numpy() * 255 + 0.5)
+                expected = expected.astype(np.uint8)
+                if stem == "gray":
+                    expected = np.floor(expected.mean(axis=2) + 0.5).astype(np.uint8)
+                with Image.open(tmp_path / "o" / f"{stem}_t{temperature:g}_s{index}.png") as png:
+                    assert np.array_equal(np.array(png), expected)
+
+
+def test_a_tiled_nonfinite_sample_is_reported_and_not_written(model, tmp_path, lr_image):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(p for n, p in broken.flow.named_parameters() if n.endswith("bias")).fill_(float("nan"))
+    checkpoint = cinn_sr.save_checkpoint(tmp_path / "nan.pt", broken)
+    rgb = np.floor(lr_image[0, :, :21, :27].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "lr.png")
+    result = CliRunner().invoke(main, [
+        "sample", str(checkpoint), str(tmp_path / "lr.png"), "--out", str(tmp_path / "o"),
+        "--device", "cpu", "--tile", "8", "--tile-overlap", "4", "--samples", "2",
+    ])
+    assert result.exit_code == 1, result.output
+    assert "wrote 0 images" in result.output and "lr_t0.7_s1.png (100.0 %)" in result.output
+    assert "2 of 2 samples had NaN/inf pixels" in result.output
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_png_rows_written_in_bands_read_back_exactly():
+    rng = np.random.default_rng(0)
+    for shape in ((37, 53, 3), (30, 41), (20, 9, 4), (1, 1, 3), (70, 65, 2)):
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        channels = 1 if image.ndim == 2 else shape[2]
+        handle = io.BytesIO()
+        writer = PngRowWriter(handle, shape[1], shape[0], channels)
+        for start, stop in ((0, 5), (5, 5), (5, 20), (20, shape[0])):
+            writer.write(image[min(start, shape[0]) : min(stop, shape[0])])
+        writer.close()
+        with Image.open(handle) as png:
+            assert np.array_equal(np.array(png), image), shape
+    with pytest.raises(ValueError, match="rows were written"):
+        PngRowWriter(io.BytesIO(), 4, 4, 3).close()
 
 
 def test_seed_reproduces_and_temperature_zero_is_the_mode(model, lr_image):
