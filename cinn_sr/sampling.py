@@ -453,7 +453,8 @@ class SampleSummary:
     def line(self) -> str:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
         line = (
-            f"wrote {len(self.written)} images to {self.out_dir} ({_count(self.inputs, 'input')} x "
+            f"wrote {_count(len(self.written), 'image')} to {self.out_dir} "
+            f"({_count(self.inputs, 'input')} x "
             f"{_count(len(self.temperatures), 'temperature')} ({temps}) x "
             f"{_count(self.samples, 'sample')})"
         )
@@ -615,6 +616,8 @@ def sample_files(
     files = expand_inputs(inputs)
     temperatures = tuple(dict.fromkeys(float(t) for t in temperatures))
     relative = read_grey(temperature_map)[None, None] if temperature_map is not None else None
+    if relative is not None:
+        _check_map_fits_all(relative, files, model.config.scale, temperature_map)
     out_dir = Path(out_dir)
     model.eval()
     summary = SampleSummary(0, temperatures, n, [], out_dir, [])
@@ -693,6 +696,18 @@ def _write_strips(
         else:
             summary.written.append(output.finish())
     return kept
+
+
+def _check_map_fits_all(relative: Tensor, files: Sequence[Path], scale: int, map_path) -> None:
+    """Every readable input against the temperature map before anything is written (image
+    headers only; unreadable files are left for the sampling loop to skip and name)."""
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, Image.DecompressionBombError):
+            continue
+        _check_map_fits(relative, torch.empty(1, 1, height, width), scale, map_path, path)
 
 
 def _check_map_fits(relative: Tensor, lr: Tensor, scale: int, map_path, image_path) -> None:

@@ -247,7 +247,7 @@ def test_cli_sample_skips_and_names_unreadable_files(model, tmp_path, lr_image):
         ["sample", str(checkpoint), str(folder), "--out", str(tmp_path / "o"), "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
-    assert "wrote 1 images" in result.output and "(1 input x" in result.output
+    assert "wrote 1 image " in result.output and "(1 input x" in result.output
     assert "skipped 1 unreadable input" in result.output and "broken.png" in result.output
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good_t0.7_s0.png"]
 

@@ -177,5 +177,11 @@ def test_cli_temperature_map_and_uncertainty(tmp_path):
     assert wrong.exit_code == 1 and "is 64x64, but the SR image of lr.png is 128x128" in (
         wrong.output
     )
+    write_image(tmp_path / "small_lr.png", np.zeros((16, 16, 3), np.uint8))
+    inputs = [str(tmp_path / "lr.png"), str(tmp_path / "small_lr.png")]
+    mixed = runner.invoke(main, [*args[:2], *inputs, "--out", str(tmp_path / "mixed"),
+                                 "--temperature-map", str(tmp_path / "map.png")])
+    assert mixed.exit_code == 1 and "small_lr.png is 64x64" in mixed.output, mixed.output
+    assert not (tmp_path / "mixed").exists()  # checked before anything was written
     alone = runner.invoke(main, [*args[:-4], "--samples", "1", "--uncertainty"])
     assert alone.exit_code == 2 and "at least 2 samples" in alone.output
