@@ -215,6 +215,9 @@ def _tile_options(command):
 @click.option("--uncertainty", is_flag=True,
               help="Also write the mean (_mean.png) and per-pixel std (_std.png, colour-mapped; "
               "_std.npy, raw) of the --samples (2 or more) per image and temperature.")
+@click.option("--recover", is_flag=True,
+              help="Decode a sample with NaN/inf pixels again, its exploded region's latents "
+              "re-drawn at half the temperature (up to 3 times); reported in the summary.")
 @click.option("--settings", type=click.Path(exists=True, dir_okay=False),
               help="Render the settings downloaded from `cinn-sr explore` (seed, temperature, "
               "brush, re-sampled regions) as {stem}_explore.png, the page's image bit for bit.")
@@ -222,7 +225,7 @@ def _tile_options(command):
               help="Run the flow through torch.compile (falls back to eager with a warning).")
 def sample(
     checkpoint, inputs, out, temperatures, samples, seed, device, tile, tile_overlap,
-    temperature_map, uncertainty, settings, compile_flow,
+    temperature_map, uncertainty, recover, settings, compile_flow,
 ) -> None:
     """Super-resolve LR images (files or folders) into OUT as {stem}_t{temperature}_s{index}.png."""
     from cinn_sr.sampling import NONFINITE_REMEDY, sample_files
@@ -234,7 +237,7 @@ def sample(
         ctx = click.get_current_context()
         given = [param.opts[0] for param in ctx.command.params if param.name in (
             "temperatures", "samples", "seed", "tile", "tile_overlap", "temperature_map",
-            "uncertainty", "compile_flow")
+            "uncertainty", "recover", "compile_flow")
             and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise click.UsageError(
@@ -257,6 +260,7 @@ def sample(
         summary = sample_files(
             model, inputs, out, temperatures or (SAMPLE_TEMPERATURE,), samples, seed, tile,
             tile_overlap, temperature_map=temperature_map, uncertainty=uncertainty,
+            recover=recover,
         )
     click.echo(summary.line())
     if summary.nonfinite:

@@ -219,3 +219,41 @@ def restore(
     check_sizes(scale, lr, degraded)
     latents = normalize_latents(model.encode(lr, degraded), mode, temperature, generator=generator)
     return model.decode(lr, latents)
+
+
+@torch.no_grad()
+def recover_nonfinite(
+    model: SRFlow,
+    lr: torch.Tensor,
+    latents: list[torch.Tensor],
+    temperature: float,
+    generator: torch.Generator | None = None,
+    rounds: int = 3,
+    factor: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Decode one sample's latents; while the image has NaN/inf pixels, re-draw the latents
+    under them (grown by one block of the coarsest level, 2^L pixels, on every side) at
+    ``factor`` times the last temperature, at most ``rounds`` times.
+
+    Returns (image, the HR mask of every pixel whose latents were re-drawn, the last
+    temperature used); the image can still hold NaN/inf when the rounds ran out. The
+    latents (and ``generator``) stay on the CPU; decoding runs on the LR's device.
+    """
+
+    def decode(latents: list[torch.Tensor]) -> torch.Tensor:
+        return model.decode(lr, [z.to(lr.device) for z in latents]).float().cpu()
+
+    image = decode(latents)
+    redrawn = torch.zeros(image.shape[-2:], dtype=torch.bool)
+    reach = 2**model.config.L
+    for _ in range(rounds):
+        bad = (~torch.isfinite(image)).any(1, keepdim=True).float()
+        if not bad.any():
+            break
+        grown = F.max_pool2d(bad, 2 * reach + 1, stride=1, padding=reach)[0, 0] > 0
+        redrawn |= grown
+        temperature *= factor
+        latents = redraw_region(model, lr, latents, grown, temperature, generator)
+        image = decode(latents)
+    return image, redrawn, temperature
+

@@ -449,6 +449,9 @@ class SampleSummary:
     """Samples not written because of NaN/inf pixels: (output name, fraction of pixels)."""
     uncertainty: list[Path] = field(default_factory=list)
     """The mean, std PNG and std .npy files of `--uncertainty`."""
+    recovered: list[tuple[str, float, float]] = field(default_factory=list)
+    """Samples written after `--recover`: (name, fraction of pixels re-drawn, last
+    temperature)."""
 
     def line(self) -> str:
         temps = ", ".join(f"{t:g}" for t in self.temperatures)
@@ -458,6 +461,12 @@ class SampleSummary:
             f"{_count(len(self.temperatures), 'temperature')} ({temps}) x "
             f"{_count(self.samples, 'sample')})"
         )
+        if self.recovered:
+            items = ", ".join(f"{name}: {100 * part:.1f} % of its pixels re-drawn, down to "
+                              f"t {last:g}" for name, part, last in self.recovered[:5])
+            more = len(self.recovered) - 5
+            line += (f"; recovered {_count(len(self.recovered), 'sample')} ({items}"
+                     + (f" and {more} more" if more > 0 else "") + ")")
         if self.uncertainty:
             count = len(self.uncertainty) // 3
             line += f"; {_count(count, 'uncertainty map')} (_mean.png, _std.png, _std.npy)"
@@ -594,6 +603,7 @@ def sample_files(
     progress: bool = True,
     temperature_map: str | os.PathLike | None = None,
     uncertainty: bool = False,
+    recover: bool = False,
 ) -> SampleSummary:
     """Super-resolve image files (or folders of them) into ``out_dir`` as ``output_name`` PNGs.
 
@@ -610,7 +620,14 @@ def sample_files(
     mean image ``_mean.png``, the per-pixel standard deviation as a colour image
     ``_std.png`` (viridis, scaled to its maximum) and its values ``_std.npy``
     (`cinn_sr.uncertainty`); these need the samples whole, in float.
+
+    ``recover``: a sample with NaN/inf pixels is decoded again whole with the latents of its
+    exploded region re-drawn at half the temperature, up to 3 times
+    (`cinn_sr.latent.recover_nonfinite`); a recovered sample is written and listed in
+    ``summary.recovered``.
     """
+    if recover and tile is not None:
+        raise OptionError("recover decodes a failed sample whole: drop tile")
     if uncertainty and n < 2:
         raise OptionError(f"the uncertainty needs at least 2 samples per image, got {n}")
     files = expand_inputs(inputs)
@@ -641,7 +658,10 @@ def sample_files(
         ]
         kept = _write_strips(strips, out_dir, names, lr.shape[-2:], model.config.scale, gray,
                              alpha, uncertainty, summary)
-        bad = {name for name, _ in summary.nonfinite}
+        bad = {name for name, _ in summary.nonfinite}  # no uncertainty map with these
+        if recover:
+            _recover(model, lr, names, temperatures, n, seed, relative, out_dir, gray, alpha,
+                     summary)
         for i, temperature in enumerate(temperatures if uncertainty else ()):
             if not bad.intersection(names[i * n : (i + 1) * n]):
                 batch = torch.cat([strip[i * n : (i + 1) * n] for strip in kept], dim=-2)
@@ -696,6 +716,44 @@ def _write_strips(
         else:
             summary.written.append(output.finish())
     return kept
+
+
+def _recover(
+    model: SRFlow, lr: Tensor, names: Sequence[str], temperatures: Sequence[float], n: int,
+    seed: int, relative: Tensor | None, out_dir: Path, gray: bool, alpha: np.ndarray | None,
+    summary: SampleSummary,
+) -> None:
+    """Re-decode this input's non-finite samples with `recover_nonfinite`; write the ones it
+    makes finite and move them from ``summary.nonfinite`` to ``summary.recovered``."""
+    from cinn_sr.latent import recover_nonfinite
+
+    failed = dict(summary.nonfinite)
+    todo = [k for k, name in enumerate(names) if name in failed]
+    if not todo:
+        return
+    s = model.config.scale
+    eps = BlockNoise.for_image(model, lr.shape[-2], lr.shape[-1], n,
+                               torch.Generator().manual_seed(seed)).whole()
+    device = next(model.parameters()).device
+    for k in todo:
+        temperature, index = temperatures[k // n], k % n
+        value = temperature if relative is None else relative * temperature
+        levels = model.level_temperatures(value, lr)
+        latents = [e[index : index + 1] * (t.cpu() if isinstance(t, Tensor) else t)
+                   for e, t in zip(eps, levels, strict=True)]
+        image, redrawn, last = recover_nonfinite(
+            model, lr.to(device), latents, temperature,
+            torch.Generator().manual_seed(block_seed(seed, index, -1, k, 0)),
+        )
+        if not bool(torch.isfinite(image).all()):
+            continue
+        rows, _ = to_uint8_rows(image)
+        big_alpha = None if alpha is None else imresize(alpha, s)[: image.shape[-2],
+                                                                   : image.shape[-1]]
+        path = write_image(out_dir / names[k], _output_rows(rows[0], gray, big_alpha))
+        summary.written.append(path)
+        summary.nonfinite = [item for item in summary.nonfinite if item[0] != names[k]]
+        summary.recovered.append((names[k], float(redrawn.float().mean()), last))
 
 
 def _check_map_fits_all(relative: Tensor, files: Sequence[Path], scale: int, map_path) -> None:

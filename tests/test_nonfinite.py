@@ -85,3 +85,34 @@ def test_edit_writes_no_nonfinite_result(files):
     assert line.startswith("Error: the result has NaN/inf in 100.0 % of its pixels")
     assert "softclamp" in line
     assert not out.exists()
+
+
+def test_recover_redraws_only_the_exploded_region_at_a_lower_temperature(tmp_path):
+    from cinn_sr.latent import recover_nonfinite
+
+    model = cinn_sr.load("small-4x")
+    hr = torch.from_numpy(dict(sample_photos())["astronaut"][0:128, 100:228].copy())
+    lr = imresize(hr.permute(2, 0, 1)[None].float() / 255, 1 / 4).clamp(0, 1)
+    generator = torch.Generator().manual_seed(0)
+    eps = [torch.randn(1, *shape, generator=generator) for shape in model.latent_shapes(128, 128)]
+    exploded = model.decode(lr, [1.5 * e for e in eps])
+    assert 0 < float(nonfinite_fraction(exploded)) < 0.9  # this sample explodes in part
+    image, redrawn, last = recover_nonfinite(model, lr, [1.5 * e for e in eps], 1.5,
+                                             torch.Generator().manual_seed(1))
+    assert torch.isfinite(image).all() and last == 0.75
+    assert 0 < float(redrawn.float().mean()) < 1  # only part of the latents re-drawn
+    assert not redrawn[torch.isfinite(exploded).all(1)[0]].all()
+
+    write_image(tmp_path / "lr.png", lr)
+    args = ["sample", "small-4x", str(tmp_path / "lr.png"), "--out", str(tmp_path / "sr"),
+            "--temperature", "1.5", "--device", "cpu"]
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code == 1 and "NaN/inf" in failed.output
+    result = CliRunner().invoke(main, [*args, "--recover"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 image" in result.output and "recovered 1 sample (lr_t1.5_s0.png:" in (
+        result.output
+    ) and "down to t 0.75" in result.output
+    assert (tmp_path / "sr" / "lr_t1.5_s0.png").is_file()
+    tiled = CliRunner().invoke(main, [*args, "--recover", "--tile", "16"])
+    assert tiled.exit_code == 2 and "drop tile" in tiled.output
