@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cinn_sr.datasets import imresize, scaled_size_mismatch
-from cinn_sr.level_maps import as_map_batch, map_at_level
+from cinn_sr.level_maps import as_map_batch, map_at_level, pad_to
 from cinn_sr.model import Conditions, SRFlow, check_temperature
 
 Mode = Literal["global", "local", "spatial"]
@@ -105,9 +105,8 @@ def _mask_for_model(model: SRFlow, lr: torch.Tensor, mask: torch.Tensor) -> torc
     """The HR mask as bool [B|1, 1, H', W'], padded (outside) to the size the model's flow
     works at for ``lr`` (the model pads LR and HR bottom/right to a multiple it needs)."""
     inside = _inside(mask if mask.dim() == 4 else mask[None, None])
-    padded_h, padded_w = model.padded_hr_size(*lr.shape[-2:])
-    pad = (0, padded_w - inside.shape[-1], 0, padded_h - inside.shape[-2])
-    return F.pad(inside.float(), pad) > 0.5
+    size = model.padded_hr_size(*lr.shape[-2:])
+    return pad_to(inside.float(), size, mode="constant") > 0.5
 
 
 def check_sizes(scale: int, lr: torch.Tensor, *images: torch.Tensor) -> None:

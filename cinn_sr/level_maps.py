@@ -32,11 +32,10 @@ def map_at_level(values: Tensor, level_hw: tuple[int, int]) -> Tensor:
 
 
 def pad_to(values: Tensor, size: tuple[int, int], mode: str = "replicate") -> Tensor:
-    """Pad a [B, 1, H, W] map bottom/right to `size` (replicating its edge by default)."""
+    """Pad a [B, 1, H, W] map bottom/right to `size`: replicating its edge by default, with
+    zeros for mode="constant"."""
     pad = (0, size[1] - values.shape[-1], 0, size[0] - values.shape[-2])
-    if pad == (0, 0, 0, 0):
-        return values
-    return F.pad(values, pad, mode=mode) if mode != "constant" else F.pad(values, pad)
+    return values if pad == (0, 0, 0, 0) else F.pad(values, pad, mode=mode)
 
 
 def check_temperature_map(temperature: Tensor, hr_size: tuple[int, int]) -> Tensor:

@@ -46,13 +46,13 @@ def colour_map(values: np.ndarray, top: float | None = None) -> np.ndarray:
     return np.floor(rgb + 0.5).astype(np.uint8)
 
 
-def uncertainty_images(samples: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For samples [n, C, H, W] in [0, 1]: the mean image (uint8 HWC), the std map as a
-    colour image (uint8 HWC, scaled to its maximum) and the raw std values (float32 HW)."""
+def uncertainty_images(samples: Tensor) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """For samples [n, C, H, W] in [0, 1]: the mean image (float [C, H, W] in [0, 1], as
+    `write_image` takes it), the std map as a colour image (uint8 HWC, scaled to its
+    maximum) and the raw std values (float32 HW)."""
     mean, std = mean_and_std(samples)
     raw = std[0].numpy().astype(np.float32)
-    mean_image = np.floor(mean.clamp(0, 1).permute(1, 2, 0).double().numpy() * 255 + 0.5)
-    return mean_image.astype(np.uint8), colour_map(raw), raw
+    return mean.clamp(0, 1), colour_map(raw), raw
 
 
 def uncertainty(

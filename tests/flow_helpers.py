@@ -21,12 +21,18 @@ def random_tiny_model() -> SRFlow:
     model = SRFlow.from_preset("tiny-4x")
     hr = photo_crop("chelsea", 40, 100, 64)
     model.initialize(imresize(hr, 1 / 4), hr)
+    randomise_output_layers(model)
+    return model.eval()
+
+
+def randomise_output_layers(model: SRFlow) -> None:
+    """Set the zero-initialised output convolutions (couplings, injectors, splits) to small
+    random values (from torch's global RNG), so that every block acts."""
     with torch.no_grad():
         for module in model.flow.modules():
             if isinstance(module, ZeroConv2d):
                 module.weight.normal_(0, 0.02)
                 module.bias.normal_(0, 0.02)
-    return model.eval()
 
 
 def receptive_radius(config) -> int:

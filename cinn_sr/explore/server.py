@@ -42,7 +42,7 @@ from cinn_sr.explore.session import (
     parse_temperature,
 )
 from cinn_sr.metrics import lr_psnr, psnr
-from cinn_sr.model import SRFlow
+from cinn_sr.model import PreparedLR, SRFlow
 from cinn_sr.sampling import NONFINITE_REMEDY, nonfinite_fraction
 from cinn_sr.uncertainty import colour_map, mean_and_std
 
@@ -88,7 +88,7 @@ class Opened:
 
     lr: Tensor
     hr: Tensor | None
-    prepared: object
+    prepared: PreparedLR
 
 
 class Explorer:
