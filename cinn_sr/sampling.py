@@ -261,16 +261,17 @@ def decode_strips(
         raise ValueError(f"decoding by tiles takes one LR image, got a batch of {lr.shape[0]}")
     s, multiple = model.config.scale, model.config.lr_multiple
     h, w = lr.shape[-2:]
-    if tile is None:
-        row_windows, col_windows = [Window(0, h, 0, h)], [Window(0, w, 0, w)]
-    else:
-        row_windows = tile_windows(h, tile, overlap, multiple)
-        col_windows = tile_windows(w, tile, overlap, multiple)
+    if tile is None:  # one decode: no weights to add and divide by (they would all be 1)
+        rows, cols = Window(0, h, 0, h), Window(0, w, 0, w)
+        yield 0, _decode_tile(model, lr, rows, cols, tile_latents(rows, cols))
+        return
+    row_windows = tile_windows(h, tile, overlap, multiple)
+    col_windows = tile_windows(w, tile, overlap, multiple)
     col_weights = [_ramp(cols, s) for cols in col_windows]
     col_total = _weight_sum(col_windows, col_weights, w * s, s)
     row_total = _weight_sum(row_windows, [_ramp(rows, s) for rows in row_windows], h * s, s)
     bar = tqdm(total=len(row_windows) * len(col_windows), desc="tiles", unit="tile",
-               leave=False, disable=not progress or tile is None)
+               leave=False, disable=not progress)
     carry = None
     with bar:
         for index, rows in enumerate(row_windows):
