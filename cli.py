@@ -525,6 +525,10 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
               "the reference code].")
 @click.option("--noise", type=click.Choice(["gaussian", "uniform", "none"]),
               help="HR dequantisation noise [default: gaussian, sigma (4/sqrt 3)/255].")
+@click.option("--noise-max-std", type=click.FloatRange(0, 1),
+              help="NCSR's training noise: per image a std in [0, this], that noise added to "
+              "HR and LR, its map given to the noise couplings [default: 0.05 for ncsr-4x, "
+              "0.03 for ncsr-8x, else 0 (off)].")
 @click.option("--encoder-bf16/--no-encoder-bf16", default=None,
               help="On CUDA, run the encoder under bfloat16 autocast (the flow stays float32).")
 @click.option("--init", type=CHECKPOINT,

@@ -7,14 +7,25 @@ jac=True) -> ((out, ...), logdet[B])`, forward = data -> latent.
 from .actnorm import ActNorm, ActNormLayer, actnorm_statistics
 from .affine import SCALE_FUNCTIONS, AffineInjector, ConditionalAffineCoupling, affine_scale
 from .condition_cache import ConditionCache
-from .flow_step import ConditionalFlowStep, TransitionStep
+from .flow_step import (
+    NCSR_STEP,
+    SRFLOW_STEP,
+    TRANSITION_STEP,
+    ConditionalFlowStep,
+    FlowStep,
+    StepPart,
+    TransitionStep,
+)
 from .invconv import InvConv1x1, random_rotation
 from .split import PriorSplit
 from .squeeze import Squeeze, squeeze2d, unsqueeze2d
-from .subnet import ConvActNorm, Subnet, ZeroConv2d, subnet
+from .subnet import ConvActNorm, SplittableSubnet, Subnet, ZeroConv2d, subnet
 
 __all__ = [
+    "NCSR_STEP",
     "SCALE_FUNCTIONS",
+    "SRFLOW_STEP",
+    "TRANSITION_STEP",
     "ActNorm",
     "ActNormLayer",
     "AffineInjector",
@@ -22,9 +33,12 @@ __all__ = [
     "ConditionalAffineCoupling",
     "ConditionalFlowStep",
     "ConvActNorm",
+    "FlowStep",
     "InvConv1x1",
     "PriorSplit",
+    "SplittableSubnet",
     "Squeeze",
+    "StepPart",
     "Subnet",
     "TransitionStep",
     "ZeroConv2d",

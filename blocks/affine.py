@@ -13,24 +13,33 @@ log scale(s). The scale function is chosen by name:
   and bounded in [exp(-clamp), exp(clamp)] both ways, the stable choice for sampling at
   high temperature or training from scratch with a large learning rate.
 
+The subnet F is any module built by `subnet_constructor(c_in, c_out)` (FrEIA's convention);
+None builds SRFlow's (`subnet.py`, width `hidden`). F's last layer should start at zero
+(as SRFlow's and FrEIA's examples do), so a block starts as a condition-independent map.
+
 Condition broadcasting: with a condition batch B and an input batch B * n, input i uses
-condition i // n. Work that depends on the condition alone runs once per condition:
-the injector's whole subnet, and the coupling's first-layer convolution of the condition
-(a bias-free conv over cat[x_A, u] is conv(x_A, W_A) + conv(u, W_u)). The result equals
-the one with each condition repeated n times. Across calls, a `ConditionCache`
+condition i // n. Work that depends on the condition alone runs once per condition: the
+injector's whole subnet, and, for a subnet that is a `SplittableSubnet`, the coupling's
+first-layer response to the condition (a linear layer over cat[x_A, u] is the sum of its
+responses to x_A and to u). Other subnets see the condition repeated n times. The result
+equals the one with each condition repeated. Across calls, a `ConditionCache`
 (`condition_cache.py`) keeps those condition terms for the same condition tensor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
-import torch.nn.functional as F
 from FrEIA.modules import InvertibleModule
-from torch import Tensor
+from torch import Tensor, nn
 
 from .condition_cache import condition_term
 from .shapes import check_conditions, check_image_input, samples_per_condition
-from .subnet import subnet
+from .subnet import SplittableSubnet, subnet
+
+SubnetConstructor = Callable[[int, int], nn.Module]
 
 SCALE_FUNCTIONS = ("sigmoid", "softclamp")
 SIGMOID_SHIFT = 2.0
@@ -52,6 +61,16 @@ def _check_scale(module, scale: str, clamp: float) -> None:
                          f"got {scale!r}")
     if not clamp > 0:
         raise ValueError(f"{type(module).__name__}: clamp must be positive, got {clamp}")
+
+
+def _build_subnet(constructor: SubnetConstructor | None, hidden: int, c_in: int,
+                  c_out: int) -> nn.Module:
+    return (constructor or partial(subnet, hidden=hidden))(c_in, c_out)
+
+
+def _run_subnet(net: nn.Module, x: Tensor, allow_init: bool) -> Tensor:
+    """net(x), with `allow_init` for a `SplittableSubnet` (other subnets take x alone)."""
+    return net(x, allow_init=allow_init) if isinstance(net, SplittableSubnet) else net(x)
 
 
 def _concat_conditions(module, c) -> Tensor:
@@ -80,17 +99,17 @@ class AffineInjector(InvertibleModule):
     """
 
     def __init__(self, dims_in, dims_c=None, hidden: int = 64, scale: str = "sigmoid",
-                 clamp: float = 2.0):
+                 clamp: float = 2.0, subnet_constructor: SubnetConstructor | None = None):
         super().__init__(dims_in, dims_c)
         shape = check_image_input(self, dims_in)
         condition_channels = check_conditions(self, shape, dims_c)
         _check_scale(self, scale, clamp)
         self.scale_function, self.clamp = scale, float(clamp)
-        self.subnet = subnet(condition_channels, 2 * shape[0], hidden)
+        self.subnet = _build_subnet(subnet_constructor, hidden, condition_channels, 2 * shape[0])
         self.condition_cache = None
 
     def _shift_and_scale(self, u: Tensor, allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
-        h = self.subnet(u, allow_init=allow_init)
+        h = _run_subnet(self.subnet, u, allow_init)
         return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
@@ -115,7 +134,7 @@ class ConditionalAffineCoupling(InvertibleModule):
     """
 
     def __init__(self, dims_in, dims_c=None, hidden: int = 64, scale: str = "sigmoid",
-                 clamp: float = 2.0):
+                 clamp: float = 2.0, subnet_constructor: SubnetConstructor | None = None):
         super().__init__(dims_in, dims_c)
         shape = check_image_input(self, dims_in, min_channels=2)
         condition_channels = check_conditions(self, shape, dims_c)
@@ -123,33 +142,25 @@ class ConditionalAffineCoupling(InvertibleModule):
         self.scale_function, self.clamp = scale, float(clamp)
         self.passive_channels = shape[0] // 2
         active_channels = shape[0] - self.passive_channels
-        self.subnet = subnet(self.passive_channels + condition_channels, 2 * active_channels,
-                             hidden)
+        self.subnet = _build_subnet(subnet_constructor, hidden,
+                                    self.passive_channels + condition_channels,
+                                    2 * active_channels)
         self.condition_cache = None
 
-    def _first_layer_weights(self) -> tuple[Tensor, Tensor | None, bool]:
-        """Layer 0's weight and bias, with its ActNorm folded in once it is initialised."""
-        first = self.subnet[0]
-        if first.actnorm.is_initialized:
-            return (*first.folded(), True)
-        return first.weight, None, False
-
     def _condition_part(self, u: Tensor) -> Tensor:
-        """Layer 0's convolution of the condition channels (with the folded bias)."""
-        weight, bias, _ = self._first_layer_weights()
-        first = self.subnet[0]
-        return F.conv2d(u, weight[:, self.passive_channels:], bias, padding=first.padding)
+        """The subnet's first-layer response to the condition channels (with its bias)."""
+        return self.subnet.first_layer(u, self.passive_channels, bias=True)
 
     def _subnet_output(self, x_a: Tensor, u: Tensor, n: int, allow_init: bool) -> Tensor:
+        net = self.subnet
+        if not isinstance(net, SplittableSubnet):
+            return net(torch.cat([x_a, _per_sample(u, n)], dim=1))
         if n == 1 and self.condition_cache is None:
-            return self.subnet(torch.cat([x_a, u], dim=1), allow_init=allow_init)
-        weight, _, folded = self._first_layer_weights()
-        finish = self.subnet.after_first_layer if folded else self.subnet.after_first_conv
-        first = self.subnet[0]
-        h = F.conv2d(x_a, weight[:, : self.passive_channels], padding=first.padding)
+            return _run_subnet(net, torch.cat([x_a, u], dim=1), allow_init)
+        h = net.first_layer(x_a, 0)
         h_condition = condition_term(self, u, self._condition_part)
         h = (h.unflatten(0, (u.shape[0], n)) + h_condition.unsqueeze(1)).flatten(0, 1)
-        return finish(h, allow_init=allow_init)
+        return net.finish(h, allow_init=allow_init)
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x, u = x_or_z[0], _concat_conditions(self, c)

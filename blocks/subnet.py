@@ -15,9 +15,15 @@ Once an ActNorm is initialised it is folded into the conv before it (conv(x, W *
 b * e with e = exp(logs)), and the last layer's scale into its weights, so a subnet is
 three convolutions with biases and two ReLUs: the same function and gradients, without
 the extra passes over the [B, hidden, H, W] activations.
+
+The affine blocks take any subnet (FrEIA's `subnet_constructor(c_in, c_out)`). A subnet
+that also implements `SplittableSubnet` (as `Subnet` does) lets them compute the
+condition's share of its first layer once per condition instead of once per sample.
 """
 
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -72,22 +78,53 @@ class ZeroConv2d(nn.Conv2d):
                         padding=self.padding)
 
 
+@runtime_checkable
+class SplittableSubnet(Protocol):
+    """A subnet whose first layer is linear in its input channels, plus a bias.
+
+    For an input cat[a, b] along the channels (a with k channels),
+
+        subnet(x) == finish(first_layer(a, 0) + first_layer(b, k, bias=True))
+
+    `first_layer(x, start, bias)` is the first layer's response to input channels
+    start .. start + x.shape[1] alone (with the layer's bias when `bias`); `finish` runs the
+    rest of the subnet. `allow_init=False` is passed in the latent -> data direction, so
+    data-dependent initialisations (ActNorm) happen only on data -> latent passes.
+    """
+
+    def __call__(self, x: Tensor, allow_init: bool = True) -> Tensor: ...
+
+    def first_layer(self, x: Tensor, start: int, bias: bool = False) -> Tensor: ...
+
+    def finish(self, h: Tensor, allow_init: bool = True) -> Tensor: ...
+
+
 class Subnet(nn.Sequential):
-    """nn.Sequential with an `allow_init` switch for its ActNorms and access after layer 0's conv.
+    """nn.Sequential of the layers above, a `SplittableSubnet`.
 
     `forward(x, allow_init=True)`; the affine blocks pass `allow_init=False` in reverse so
     the inner ActNorms initialise only from data -> latent passes.
     """
 
     def forward(self, x: Tensor, allow_init: bool = True) -> Tensor:
-        return self.after_first_conv(self[0].linear_part(x), allow_init)
+        return self.finish(self.first_layer(x, 0, bias=True), allow_init)
 
-    def after_first_conv(self, h: Tensor, allow_init: bool = True) -> Tensor:
-        """The subnet's output given the output `h` of layer 0's (bias-free) convolution."""
-        return self.after_first_layer(self[0].actnorm(h, allow_init=allow_init), allow_init)
+    def first_layer(self, x: Tensor, start: int, bias: bool = False) -> Tensor:
+        """Layer 0 on input channels start .. start + C of x: its folded conv (with the folded
+        bias when `bias`) once the ActNorm is initialised, else the bias-free conv alone."""
+        first = self[0]
+        stop = start + x.shape[1]
+        if not first.actnorm.is_initialized:
+            return F.conv2d(x, first.weight[:, start:stop], padding=first.padding)
+        weight, folded_bias = first.folded()
+        return F.conv2d(x, weight[:, start:stop], folded_bias if bias else None,
+                        padding=first.padding)
 
-    def after_first_layer(self, h: Tensor, allow_init: bool = True) -> Tensor:
-        """The subnet's output given the output `h` of layer 0 (conv and ActNorm)."""
+    def finish(self, h: Tensor, allow_init: bool = True) -> Tensor:
+        """The subnet's output given the summed `first_layer` terms `h` (layer 0's ActNorm
+        is applied here while it is not yet initialised)."""
+        if not self[0].actnorm.is_initialized:
+            h = self[0].actnorm(h, allow_init=allow_init)
         for layer in list(self)[1:]:
             h = layer(h, allow_init=allow_init) if isinstance(layer, ConvActNorm) else layer(h)
         return h

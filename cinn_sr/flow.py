@@ -4,19 +4,29 @@ Per level l = 1..L, in the HR -> latent direction (SRFlow paper, section 3.3):
 
     Squeeze (C, H, W) -> (4C, H/2, W/2)
     n_transitions x TransitionStep (ActNorm -> InvConv1x1, no condition)
-    K x ConditionalFlowStep conditioned on level l's ConditionNode
+    K x ConditionalFlowStep conditioned on level l's ConditionNode (SRFLOW_STEP); for NCSR
+      (`noise_steps`) the last noise_steps[l-1] of them are NCSR_STEP, which also read
+      level l's noise map
     PriorSplit on the split levels: the emitted half leaves the flow as a latent
 
 The last level's output is the last latent. Latents are ordered as the OutputNodes: the
 split latents from the HR side first, then the final one. Every latent is N(0, I) under
-the model. Conditions are passed level 1 (HR side) first.
+the model. Conditions are passed level 1 (HR side) first, then the noise maps of the noise
+levels (`config.noise_levels`, in_channels each), in level order.
 """
 
 from __future__ import annotations
 
 from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode
 
-from cinn_sr.blocks import ConditionalFlowStep, PriorSplit, Squeeze, TransitionStep
+from cinn_sr.blocks import (
+    NCSR_STEP,
+    SRFLOW_STEP,
+    ConditionalFlowStep,
+    PriorSplit,
+    Squeeze,
+    TransitionStep,
+)
 from cinn_sr.presets import SRFlowConfig
 
 
@@ -53,7 +63,12 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
         )
         for level in range(1, config.L + 1)
     ]
-    nodes: list = [hr, *conditions]
+    noise_maps = {
+        level: ConditionNode(config.in_channels, size >> level, size >> level,
+                             name=f"L{level}.noise")
+        for level in config.noise_levels
+    }
+    nodes: list = [hr, *conditions, *noise_maps.values()]
     latents = []
     x = hr
     for level in range(1, config.L + 1):
@@ -65,17 +80,20 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
                 name=f"L{level}.transition{t}",
             )
             nodes.append(x)
+        n_noisy = config.noise_steps[level - 1] if config.noise_steps else 0
         for k in range(config.K):
+            noisy = k >= config.K - n_noisy
             x = Node(
                 x,
                 ConditionalFlowStep,
                 {
+                    "parts": NCSR_STEP if noisy else SRFLOW_STEP,
                     "hidden": config.hidden,
                     "scale": config.scale_fn,
                     "clamp": config.clamp,
                     "parameterization": config.invconv,
                 },
-                conditions=conditions[level - 1],
+                conditions=[conditions[level - 1], *([noise_maps[level]] if noisy else [])],
                 name=f"L{level}.step{k}",
             )
             nodes.append(x)

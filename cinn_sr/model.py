@@ -123,6 +123,17 @@ class SRFlow(nn.Module):
                 f"multiple of the LR batch {lr.shape[0]}, got {given}"
             )
 
+    def _check_noise(self, lr: Tensor, noise: Tensor) -> None:
+        s, c = self.config.scale, self.config.in_channels
+        expected = (lr.shape[0], c, lr.shape[-2] * s, lr.shape[-1] * s)
+        if not self.config.noise_levels:
+            raise ValueError("a noise map was given to a model without noise couplings "
+                             "(noise_steps)")
+        if not isinstance(noise, Tensor) or tuple(noise.shape) != expected:
+            got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+            raise ValueError(f"the noise map must be {' x '.join(map(str, expected))} "
+                             f"(the HR size), got {got}")
+
     def _check_pair(self, lr: Tensor, hr: Tensor) -> None:
         s = self.config.scale
         self._check_image("LR", lr)
@@ -153,14 +164,28 @@ class SRFlow(nn.Module):
 
     # ---- conditioning -------------------------------------------------------------------
 
-    def condition(self, lr: Tensor) -> list[Tensor]:
-        """The encoder's per-level conditions for the (padded) LR batch; reusable via cond=."""
+    def condition(self, lr: Tensor, noise: Tensor | None = None) -> list[Tensor]:
+        """The flow's conditions for the (padded) LR batch, reusable via cond=: the encoder's
+        per-level features, then for NCSR (`config.noise_levels`) the noise map of each noise
+        level. `noise` is an HR-size map [B, C, scale * H, scale * W], padded like the HR and
+        resized bicubically to each level (NCSR's training noise); None gives zero maps, what
+        NCSR samples and evaluates with."""
         self._check_image("LR", lr)
-        return self._features(lr)
+        if noise is not None:
+            self._check_noise(lr, noise)
+        return self._features(lr, noise)
 
-    def _features(self, lr: Tensor) -> list[Tensor]:
+    def _features(self, lr: Tensor, noise: Tensor | None = None) -> list[Tensor]:
         pad_h, pad_w = self._lr_padding(lr)
-        return self.encoder(_pad(lr, pad_h, pad_w))
+        features = self.encoder(_pad(lr, pad_h, pad_w))
+        sizes = [features[level - 1].shape[-2:] for level in self.config.noise_levels]
+        if noise is None:
+            c = self.config.in_channels
+            return features + [features[0].new_zeros(lr.shape[0], c, *size) for size in sizes]
+        s = self.config.scale
+        noise = _pad(noise, pad_h * s, pad_w * s).to(features[0])
+        return features + [F.interpolate(noise, size=size, mode="bicubic", align_corners=False)
+                           for size in sizes]
 
     @torch.inference_mode()
     def prepare(self, lr: Tensor) -> PreparedLR:
@@ -207,10 +232,11 @@ class SRFlow(nn.Module):
         return self._forward_flow(lr, hr, cond, jac=False)[0]
 
     @torch.no_grad()
-    def initialize(self, lr: Tensor, hr: Tensor) -> None:
+    def initialize(self, lr: Tensor, hr: Tensor, cond: list[Tensor] | None = None) -> None:
         """Initialise the ActNorms that are not yet initialised from this batch (one forward
-        pass, no gradients); initialised ones are never changed."""
-        self._forward_flow(lr, hr, None, jac=False)
+        pass, no gradients; `cond`: its conditions, as `nll` takes them); initialised ones
+        are never changed."""
+        self._forward_flow(lr, hr, cond, jac=False)
 
     @property
     def is_initialized(self) -> bool:

@@ -31,8 +31,11 @@ class SRFlowConfig:
     parameterisation, fast) or "full" (the reference code's full matrix).
     n_transitions: ActNorm + 1x1-conv steps after each squeeze.  rrdb_skip: the encoder's
     global skip, "trunk" (SRFlow's RRDBNet: last block output + trunk_conv of it) or "input"
-    (ESRGAN/BasicSR: conv_first output + trunk_conv of the last block output).  name: the
-    preset the config derives from (informative only: not compared, not part of the model).
+    (ESRGAN/BasicSR: conv_first output + trunk_conv of the last block output).
+    noise_steps: NCSR (Kim and Son, 2021): per level, how many of its last conditional steps
+    also have a coupling conditioned on a noise map (`cinn_sr.blocks.NCSR_STEP`); empty for
+    SRFlow.  name: the preset the config derives from (informative only: not compared, not
+    part of the model).
     """
 
     scale: int = 4
@@ -50,11 +53,13 @@ class SRFlowConfig:
     in_channels: int = 3
     n_transitions: int = 2
     rrdb_skip: str = "trunk"
+    noise_steps: tuple[int, ...] = ()
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
         self._check_types()
         object.__setattr__(self, "stack_blocks", tuple(int(b) for b in self.stack_blocks))
+        object.__setattr__(self, "noise_steps", tuple(int(s) for s in self.noise_steps))
         if self.scale < 2 or self.scale & (self.scale - 1):
             raise ValueError(f"scale must be a power of two >= 2, got {self.scale}")
         if self.L < 1:
@@ -76,6 +81,10 @@ class SRFlowConfig:
             raise ValueError(
                 f"invconv must be one of {INVCONV_PARAMETERIZATIONS}, got {self.invconv!r}"
             )
+        if self.noise_steps and (len(self.noise_steps) != self.L
+                                 or not all(0 <= s <= self.K for s in self.noise_steps)):
+            raise ValueError(f"noise_steps must give one count in 0..K={self.K} per level "
+                             f"(L={self.L}), got {list(self.noise_steps)}")
 
     def _check_types(self) -> None:
         """ValueError naming the field for a value of the wrong kind (16.5 for `hidden`)."""
@@ -90,7 +99,7 @@ class SRFlowConfig:
                 ok = isinstance(value, bool)
             elif kind == "str":
                 ok = isinstance(value, str)
-            else:  # stack_blocks: a sequence of integers
+            else:  # stack_blocks, noise_steps: a sequence of integers
                 ok = not isinstance(value, (str, bytes)) and all(
                     isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in value
                 )
@@ -105,6 +114,11 @@ class SRFlowConfig:
     def cond_channels(self) -> int:
         """Channels of every level's condition: base feature plus the stacked blocks."""
         return self.nf * (1 + len(self.stack_blocks))
+
+    @property
+    def noise_levels(self) -> list[int]:
+        """1-based levels with NCSR noise couplings, each with its own noise-map condition."""
+        return [level for level, n in enumerate(self.noise_steps, start=1) if n > 0]
 
     @property
     def n_up(self) -> int:
@@ -137,6 +151,7 @@ class SRFlowConfig:
         """A plain dict (lists, no tuples) that `from_dict` turns back into this config."""
         d = dataclasses.asdict(self)
         d["stack_blocks"] = list(self.stack_blocks)
+        d["noise_steps"] = list(self.noise_steps)
         return d
 
     @classmethod
@@ -162,6 +177,16 @@ PRESETS: dict[str, SRFlowConfig] = {
     ),
     "celeba-8x": SRFlowConfig(
         name="celeba-8x", scale=8, L=4, K=16, n_rrdb=8, stack_blocks=(1, 3, 5, 7)
+    ),
+    # NCSR (NTIRE 2021 Learning the SR Space winner): SRFlow's networks with a noise-map
+    # coupling in the last S[l] steps of each level (code/confs/4X.yml, 8X.yml).
+    "ncsr-4x": SRFlowConfig(
+        name="ncsr-4x", scale=4, L=3, K=16, n_rrdb=23, stack_blocks=(1, 8, 15, 22),
+        noise_steps=(0, 16, 16),
+    ),
+    "ncsr-8x": SRFlowConfig(
+        name="ncsr-8x", scale=8, L=4, K=20, n_rrdb=23, stack_blocks=(1, 8, 15, 22),
+        noise_steps=(0, 0, 16, 16),
     ),
     # The shipped CPU-trained model (cinn_sr/models/small-4x.pt, recipes/small-4x/): the
     # paper's structure at a width that trains on 2 CPU cores in about two hours; softclamp

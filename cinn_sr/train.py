@@ -5,6 +5,11 @@ dequantisation noise is Gaussian with sigma = (4 / sqrt(3)) / 255 (the paper), u
 U(-0.5, 0.5) / 32 (the reference code's unused path) or none. Adam, lr halved at 50, 75, 90
 and 95 % of the iterations (the paper's recipe); a pre-trained encoder (`encoder`) is frozen
 for the first `freeze_encoder_fraction` of them. `cinn_sr.driver` runs it.
+
+NCSR's training (`noise_max_std` > 0, the ncsr presets' recipe): per image a std drawn
+uniformly in [0, noise_max_std], Gaussian noise of that std added to the HR and its
+MATLAB-style downscale to the LR, the HR-size noise itself the model's noise map
+(`SRFlow.condition(lr, noise=...)`). Validation, sampling and evaluation use zero maps.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import Tensor, nn
 
 from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import GAUSSIAN_NOISE_SIGMA, TrainConfig
+from cinn_sr.datasets import OptionError, imresize
 from cinn_sr.loop import Task
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
@@ -40,25 +46,51 @@ def dequantize(hr: Tensor, noise: str) -> Tensor:
     return hr
 
 
+def add_ncsr_noise(hr: Tensor, lr: Tensor, max_std: float, scale: int) -> tuple[Tensor, ...]:
+    """(hr + eps, lr + imresize(eps, 1 / scale), eps) with eps = N(0, 1) * std, one std per
+    image drawn uniformly in [0, max_std] (NCSR's "softflow" training with LR noise)."""
+    std = torch.rand(hr.shape[0], 1, 1, 1, device=hr.device, dtype=hr.dtype) * max_std
+    eps = torch.randn_like(hr) * std
+    return hr + eps, lr + imresize(eps, 1 / scale), eps
+
+
 class FlowObjective(nn.Module):
-    """forward(hr, lr) -> NLL in bits per dimension per image, HR dequantised.
+    """forward(hr, lr) -> NLL in bits per dimension per image, HR dequantised (and, with
+    `noise_max_std` > 0, NCSR's training noise added, its map given to the model).
 
     With `encoder_bf16` (CUDA only) the encoder runs under bfloat16 autocast and its
     conditions are cast back to float32, so the flow itself stays in float32.
     """
 
-    def __init__(self, model: SRFlow, noise: str, encoder_bf16: bool = False) -> None:
+    def __init__(self, model: SRFlow, noise: str, encoder_bf16: bool = False,
+                 noise_max_std: float = 0.0) -> None:
         super().__init__()
         self.model, self.noise, self.encoder_bf16 = model, noise, encoder_bf16
+        self.noise_max_std = noise_max_std
 
-    def forward(self, hr: Tensor, lr: Tensor) -> Tensor:
+    def batch(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The (HR, LR, conditions) the model is trained on for this data batch."""
+        noise_map = None
+        if self.noise_max_std > 0:
+            hr, lr, noise_map = add_ncsr_noise(hr, lr, self.noise_max_std,
+                                               self.model.config.scale)
         if self.encoder_bf16 and lr.is_cuda:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                cond = self.model.condition(lr)
+                cond = self.model.condition(lr, noise=noise_map)
             cond = [c.float() for c in cond]
         else:
-            cond = self.model.condition(lr)
-        return self.model.nll(lr, dequantize(hr, self.noise), cond=cond)
+            cond = self.model.condition(lr, noise=noise_map)
+        return dequantize(hr, self.noise), lr, cond
+
+    def forward(self, hr: Tensor, lr: Tensor) -> Tensor:
+        hr, lr, cond = self.batch(hr, lr)
+        return self.model.nll(lr, hr, cond=cond)
+
+    @torch.no_grad()
+    def initialize(self, hr: Tensor, lr: Tensor) -> None:
+        """The ActNorms' data-dependent initialisation on a training batch."""
+        hr, lr, cond = self.batch(hr, lr)
+        self.model.initialize(lr, hr, cond=cond)
 
 
 class FlowValidation:
@@ -108,8 +140,12 @@ def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None)
     """The flow-training task: objective, the paper's recipe, validation, checkpointing."""
     from cinn_sr.fastpath import compile_flow
 
+    if config.noise_max_std > 0 and not model.config.noise_levels:
+        raise OptionError("noise_max_std (NCSR's training noise) needs a model with noise "
+                          "couplings: an ncsr preset or [model] noise_steps")
     objective = FlowObjective(
-        model, config.noise, config.encoder_bf16 and next(model.parameters()).is_cuda
+        model, config.noise, config.encoder_bf16 and next(model.parameters()).is_cuda,
+        config.noise_max_std,
     )
     milestones = [max(1, round(f * config.iterations)) for f in config.lr_milestones]
     frozen = config.encoder is not None and config.freeze_encoder_fraction > 0
@@ -117,7 +153,7 @@ def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None)
         name="train",
         model=model,
         objective=objective,
-        initialize=lambda hr, lr: model.initialize(lr, dequantize(hr, config.noise)),
+        initialize=objective.initialize,
         make_optimizer=lambda params: torch.optim.Adam(
             params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         ),
