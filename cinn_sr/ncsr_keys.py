@@ -42,6 +42,7 @@ from cinn_sr.srflow_keys import (
     has_noise_subnets,
     infer_config,
     load_official_tensors,
+    official_names,
     official_tensors,
     preset_name,
     unused_tensors,
@@ -122,13 +123,12 @@ def _split_noise(noise: dict[str, Tensor], model: SRFlow) -> tuple[dict[str, Ten
     """The noise-subnet tensors of the steps with a noise coupling, and the keys of the
     others; a CheckpointError unless every conditional step has them, with the names of its
     feature coupling's subnet."""
-    coupling, noise_coupling = dict(SUBNET_NAMES)[FEATURE_SUBNET], dict(NOISE_NAMES)[NOISE_SUBNET]
     expected, with_noise = set(), set()
     for index, module in enumerate(model.flow_modules().values()):
-        names = module.state_dict()
+        names = official_names(module, SUBNET_NAMES + NOISE_NAMES)
         where = f"flowUpsamplerNet.layers.{index}.{NOISE_SUBNET}"
-        expected |= {where + k[len(coupling):] for k in names if k.startswith(coupling)}
-        if any(k.startswith(noise_coupling) for k in names):
+        expected |= {where + k[len(FEATURE_SUBNET):] for k in names if k.startswith(FEATURE_SUBNET)}
+        if any(k.startswith(NOISE_SUBNET) for k in names):
             with_noise.add(index)
     check_names(noise, expected, "")
     used = {k: v for k, v in noise.items() if _layer_index(k) in with_noise}

@@ -202,7 +202,7 @@ def infer_config(state: dict[str, Tensor], stack_blocks=None, invconv: str = "lu
     return config.replace(name=preset_name(config, presets, "srflow")), source
 
 
-def _official_names(module: torch.nn.Module, subnet_names) -> dict[str, str]:
+def official_names(module: torch.nn.Module, subnet_names) -> dict[str, str]:
     """{reference key below the layer: our key} for one flow module (1x1 matrix excluded)."""
     names = {}
     for ours in module.state_dict():
@@ -221,7 +221,7 @@ def _load_flow_module(module: torch.nn.Module, tensors: dict[str, Tensor], where
                       subnet_names) -> None:
     """Load one reference layer into its flow module, marked initialised. Squeezes and
     splits have no 1x1 conv; steps get theirs through `set_weight_matrix` (full or LU)."""
-    names = _official_names(module, subnet_names)
+    names = official_names(module, subnet_names)
     own = module.state_dict()
     expected = {theirs: own[ours].shape for theirs, ours in names.items()}
     invconv = getattr(module, "invconv", None)
