@@ -16,7 +16,6 @@ released SRFlow file.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 
 FEATURE_SUBNET = "affine.fAffine."
 NOISE_NAMES = ((NOISE_SUBNET, "noise_coupling.subnet."),)
-LAYER_INDEX = re.compile(r"flowUpsamplerNet\.layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class NCSRReport:
                 f"{self.noise_steps_from}")
         what = [f"the noise subnets of the {self.n_steps_without} steps without a noise "
                 f"coupling"] if self.n_steps_without else []
-        what += unused_tensors(dict.fromkeys(self.dropped))
+        what += unused_tensors(self.dropped)
         if what:
             text += f"; dropped {len(self.dropped)} unused ({', '.join(what)})"
         return text
@@ -116,7 +114,7 @@ def infer_ncsr_config(state: dict[str, Tensor], stack_blocks=None, noise_steps=N
 
 
 def _layer_index(key: str) -> int:
-    return int(LAYER_INDEX.match(key).group(1))
+    return int(LAYER_KEY.fullmatch(key).group(1))
 
 
 def _split_noise(noise: dict[str, Tensor], model: SRFlow) -> tuple[dict[str, Tensor], list[str]]:
@@ -147,18 +145,14 @@ def convert_ncsr(state_dict: dict, stack_blocks=None, noise_steps=None,
     used, unused = _split_noise(noise, model)
     load_official_tensors(model, {**srflow, **used}, SUBNET_NAMES + NOISE_NAMES)
     dropped = unused + unused_tensors(srflow)
-    log.info("dropped %d tensors the reference never uses: %s", len(dropped), ", ".join(dropped))
+    if dropped:
+        log.info("dropped %d tensors the reference never uses: %s", len(dropped),
+                 ", ".join(dropped))
     values = [v for k, v in state.items() if k not in dropped]
     n_without = len({_layer_index(k) for k in unused})
     report = ConversionReport(config, len(values), sum(v.numel() for v in values), dropped,
                               stack_source)
     return model.eval(), NCSRReport(report, noise_source, n_without)
-
-
-def load_ncsr(state_dict: dict, stack_blocks=None, noise_steps=None,
-              invconv: str = "lu") -> SRFlow:
-    """The SRFlow of a released NCSR state dict, without the report."""
-    return convert_ncsr(state_dict, stack_blocks, noise_steps, invconv)[0]
 
 
 def _is_ncsr(weights: Weights) -> bool:

@@ -19,14 +19,16 @@ without tensors), K and the transition steps per level, the split levels, the RR
 `nf`, `gc` and the subnet width. Which trunk blocks are stacked into the condition cannot be
 read from the weights (only how many): it comes from the preset of the same layout (the
 reference's configs) or from the caller. ActNorms load as initialised; each 1x1 matrix goes
-into the full parameterisation as stored or into an exact LU decomposition.
+into the full parameterisation as stored or into an exact LU decomposition. Released NCSR
+files (`cinn_sr.ncsr_keys`) are SRFlow's plus noise subnets and convert through the same
+steps: `official_tensors`, `infer_config` (with NCSR's presets), `load_official_tensors`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -252,9 +254,9 @@ def official_tensors(state_dict: dict, title: str) -> dict[str, Tensor]:
     return state
 
 
-def unused_tensors(state: dict[str, Tensor]) -> list[str]:
+def unused_tensors(keys: Iterable[str]) -> list[str]:
     """The keys of the conv the reference creates and never uses (flowUpsamplerNet.f)."""
-    return sorted(k for k in state if k.startswith(UNUSED_PREFIX))
+    return sorted(k for k in keys if k.startswith(UNUSED_PREFIX))
 
 
 def load_official_tensors(model: SRFlow, state: dict[str, Tensor],
