@@ -405,6 +405,9 @@ def evaluate(
               help="Trunk blocks the conditions stack, e.g. 1,8,15,22 (default: the preset with "
               "the "
               "file's layout).")
+@click.option("--noise-steps",
+              help="NCSR: how many last flow steps of each level have the noise coupling, e.g. "
+              "0,16,16 (default: the preset with the file's layout).")
 @click.option("--invconv", type=click.Choice(["lu", "full"]), default="lu", show_default=True,
               help="1x1 convs as an exact LU decomposition (fast) or the full matrices as stored.")
 @click.option("--preset", type=click.Choice(sorted(cinn_sr.PRESETS)),
@@ -412,22 +415,28 @@ def evaluate(
 @click.option("--esrgan", is_flag=True,
               help="Read an RRDB_trunk-style encoder file with ESRGAN's global skip (conv_first + "
               "trunk) instead of SRFlow's.")
-def convert(src, out, stack_blocks, invconv, preset, esrgan) -> None:
-    """Convert a released SRFlow, RRDB, ESRGAN or BasicSR weights file SRC into a cinn-sr
+def convert(src, out, stack_blocks, noise_steps, invconv, preset, esrgan) -> None:
+    """Convert a released SRFlow, NCSR, RRDB, ESRGAN or BasicSR weights file SRC into a cinn-sr
     checkpoint."""
     from cinn_sr.interop import convert_file
 
-    blocks = None
-    if stack_blocks is not None:
-        try:
-            blocks = [int(b) for b in stack_blocks.split(",")]
-        except ValueError:
-            raise click.UsageError(
-                f"--stack-blocks {stack_blocks!r} is not a comma-separated list of integers"
-            ) from None
+    blocks = _int_list(stack_blocks, "--stack-blocks")
+    steps = _int_list(noise_steps, "--noise-steps")
     with one_line_errors():
-        line = convert_file(src, out, blocks, invconv, preset, "esrgan" if esrgan else "auto")
+        line = convert_file(src, out, blocks, invconv, preset, "esrgan" if esrgan else "auto",
+                            steps)
     click.echo(line)
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of integers (None stays None); a UsageError otherwise."""
+    if text is None:
+        return None
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise click.UsageError(f"{option} {text!r} is not a comma-separated list of integers"
+                               ) from None
 
 
 @main.command("export")

@@ -9,8 +9,9 @@ Layout (a dict, saved with torch.save, read with torch.load(weights_only=True)):
 made of tensors, numbers, strings, lists and dicts so that it loads with weights_only.
 
 `FORMATS` is the one table of weight formats (see `cinn_sr.formats`): this format first,
-then released SRFlow models (`cinn_sr.srflow_keys`) and RRDB encoder files
-(`cinn_sr.rrdb_keys`). `load` and the loaders of `cinn_sr.interop` all dispatch through it.
+then released SRFlow models (`cinn_sr.srflow_keys`), released NCSR models
+(`cinn_sr.ncsr_keys`) and RRDB encoder files (`cinn_sr.rrdb_keys`). `load` and the loaders
+of `cinn_sr.interop` all dispatch through it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from cinn_sr.formats import (
     read_weights,
 )
 from cinn_sr.model import SRFlow
+from cinn_sr.ncsr_keys import NCSR
 from cinn_sr.presets import PRESETS, SRFlowConfig
 from cinn_sr.rrdb_keys import BASICSR, SRFLOW_RRDB, checked_encoder
 from cinn_sr.srflow_keys import SRFLOW
@@ -177,7 +179,7 @@ def _encoder(weights: Weights, options: LoadOptions) -> EncoderWeights:
 
 CINN_SR = Format(name=FORMAT, title="a cinn-sr checkpoint", keys=None, detect=_is_cinn_sr,
                  encoder=_encoder, model=_model)
-FORMATS: tuple[Format, ...] = (CINN_SR, SRFLOW, SRFLOW_RRDB, BASICSR)
+FORMATS: tuple[Format, ...] = (CINN_SR, SRFLOW, NCSR, SRFLOW_RRDB, BASICSR)
 """Every weight format cinn-sr reads, tried in this order; a new format is one entry here."""
 
 
@@ -198,7 +200,8 @@ def load(
     """The SRFlow stored at `path`, in eval mode, on `map_location`.
 
     Any whole-model file of `FORMATS`: a cinn-sr checkpoint is rebuilt from its own config,
-    a released SRFlow file converted (stack_blocks from the preset of its layout). With
+    a released SRFlow or NCSR file converted (stack_blocks, and NCSR's noise steps, from the
+    preset of its layout). With
     `preset`, a checkpoint of another architecture raises CheckpointError.
     """
     payload = read_weights(path, map_location)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -113,12 +113,15 @@ class LoadOptions:
     stack_blocks: which trunk blocks an SRFlow's conditions stack (the file says how many);
     invconv: the 1x1 convs as an exact LU decomposition ("lu") or the full matrices;
     arch: the global skip of an encoder ("auto": the file's, "srflow": the last trunk
-    block's, "esrgan": conv_first's; only an RRDB_trunk file needs to be told).
+    block's, "esrgan": conv_first's; only an RRDB_trunk file needs to be told);
+    noise_steps: how many last flow steps of each level of an NCSR model have its noise
+    coupling (the file has the noise subnets in every step).
     """
 
     stack_blocks: Sequence[int] | None = None
     invconv: str = "lu"
     arch: str = "auto"
+    noise_steps: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -201,13 +204,18 @@ def named_tensors(state: object, what: str) -> dict[str, Tensor]:
     return state
 
 
-def check_tensors(given: dict[str, Tensor], expected: dict[str, torch.Size], where: str) -> None:
-    """A CheckpointError naming the first missing, unexpected or misshapen key."""
-    for problem, keys in (("missing", set(expected) - set(given)),
-                          ("unexpected", set(given) - set(expected))):
+def check_names(given: Iterable[str], expected: Iterable[str], where: str) -> None:
+    """A CheckpointError naming the first missing or unexpected key."""
+    given, expected = set(given), set(expected)
+    for problem, keys in (("missing", expected - given), ("unexpected", given - expected)):
         if keys:
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
             raise CheckpointError(f"{problem} key {where}{min(keys)}{more}")
+
+
+def check_tensors(given: dict[str, Tensor], expected: dict[str, torch.Size], where: str) -> None:
+    """A CheckpointError naming the first missing, unexpected or misshapen key."""
+    check_names(given, expected, where)
     for key, shape in expected.items():
         if given[key].shape != shape:
             raise CheckpointError(f"{where}{key} has shape {list(given[key].shape)}, "

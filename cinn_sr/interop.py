@@ -2,9 +2,10 @@
 
 `load_encoder_state` gives the RRDB encoder of any file of `cinn_sr.checkpoint.FORMATS`
 (`cinn-sr train --encoder`): official `RRDB_*.pth` and ESRGAN RRDBNet files, BasicSR
-RRDBNet files, released SRFlow models and cinn-sr checkpoints. `convert_file` writes a
-cinn-sr checkpoint from a foreign file (`cinn-sr convert`). The key mappings are in
-`cinn_sr.srflow_keys` (whole SRFlow models) and `cinn_sr.rrdb_keys` (encoders).
+RRDBNet files, released SRFlow and NCSR models and cinn-sr checkpoints. `convert_file`
+writes a cinn-sr checkpoint from a foreign file (`cinn-sr convert`). The key mappings are in
+`cinn_sr.srflow_keys` and `cinn_sr.ncsr_keys` (whole models) and `cinn_sr.rrdb_keys`
+(encoders).
 
 Every file is read with `torch.load(..., weights_only=True)`: a file that needs arbitrary
 unpickling is refused, never executed. Problems are `CheckpointError`s of one line.
@@ -84,15 +85,17 @@ def _converted(weights: Weights, options: LoadOptions,
 
 
 def convert_file(src: str | os.PathLike, out: str | os.PathLike, stack_blocks=None,
-                 invconv: str = "lu", preset: str | None = None, arch: str = "auto") -> str:
-    """Write a cinn-sr checkpoint from a released SRFlow, RRDB, ESRGAN or BasicSR file.
+                 invconv: str = "lu", preset: str | None = None, arch: str = "auto",
+                 noise_steps=None) -> str:
+    """Write a cinn-sr checkpoint from a released SRFlow, NCSR, RRDB, ESRGAN or BasicSR file.
 
-    An SRFlow file becomes the whole model. An encoder file becomes a model of `preset`
+    An SRFlow or NCSR file becomes the whole model (`noise_steps`: NCSR's S, default the
+    preset's). An encoder file becomes a model of `preset`
     (default: the preset with the encoder's layout) with these encoder weights and a fresh,
     untrained flow, ready for `cinn-sr train --encoder` or `--resume`. Returns a one-line
     summary.
     """
-    options = LoadOptions(stack_blocks, invconv, arch)
+    options = LoadOptions(stack_blocks, invconv, arch, noise_steps)
     payload = read_weights(src)
     with named(src):
         model, source, summary = _converted(canonicalise(payload), options, preset)

@@ -19,13 +19,16 @@ without tensors), K and the transition steps per level, the split levels, the RR
 `nf`, `gc` and the subnet width. Which trunk blocks are stacked into the condition cannot be
 read from the weights (only how many): it comes from the preset of the same layout (the
 reference's configs) or from the caller. ActNorms load as initialised; each 1x1 matrix goes
-into the full parameterisation as stored or into an exact LU decomposition.
+into the full parameterisation as stored or into an exact LU decomposition. Released NCSR
+files (`cinn_sr.ncsr_keys`) are SRFlow's plus noise subnets and convert through the same
+steps: `official_tensors`, `infer_config` (with NCSR's presets), `load_official_tensors`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 LAYER_KEY = re.compile(r"flowUpsamplerNet\.layers\.(\d+)\.(.+)")
 UNUSED_PREFIX = "flowUpsamplerNet.f."
 SUBNET_NAMES = (("affine.fFeatures.", "injector.subnet."), ("affine.fAffine.", "coupling.subnet."))
+NOISE_SUBNET = "affine.fAffine_std."
+"""The subnets of NCSR's noise couplings (`cinn_sr.ncsr_keys`): an SRFlow file has none."""
 
 
 @dataclass(frozen=True)
@@ -61,16 +66,20 @@ class ConversionReport:
     dropped: list[str] = field(default_factory=list)
     stack_blocks_from: str = "preset"
 
-    def line(self) -> str:
-        """One-line summary for the terminal."""
+    def layout(self) -> str:
+        """The inferred layout and what was used, as `line` says it after the model's name."""
         c = self.config
         split = "every level" if c.split_every_level else "reference layout"
-        text = (
-            f"SRFlow {c.scale}x ({c.name}: L={c.L}, K={c.K}, {c.n_rrdb} RRDB blocks, stacked "
+        return (
+            f"{c.scale}x ({c.name}: L={c.L}, K={c.K}, {c.n_rrdb} RRDB blocks, stacked "
             f"{list(c.stack_blocks)} from {self.stack_blocks_from}, hidden {c.hidden}, splits: "
             f"{split}, invconv {c.invconv}): {self.n_tensors} tensors, "
             f"{self.n_values / 1e6:.2f} M values"
         )
+
+    def line(self) -> str:
+        """One-line summary for the terminal."""
+        text = f"SRFlow {self.layout()}"
         if self.dropped:
             text += f"; dropped {len(self.dropped)} unused ({', '.join(self.dropped)})"
         return text
@@ -139,7 +148,8 @@ def _flow_layout(layers: dict[int, dict[str, Tensor]]) -> dict:
     return layout
 
 
-def _stack_blocks(fields: dict, n_stacked: int, override) -> tuple[tuple[int, ...], str]:
+def _stack_blocks(fields: dict, n_stacked: int, override,
+                  presets: Mapping[str, SRFlowConfig]) -> tuple[tuple[int, ...], str]:
     """Which trunk blocks the conditions stack, and who said so."""
     if override is not None:
         blocks = tuple(int(b) for b in override)
@@ -147,7 +157,7 @@ def _stack_blocks(fields: dict, n_stacked: int, override) -> tuple[tuple[int, ..
             raise CheckpointError(f"the file's conditions stack {n_stacked} trunk blocks, "
                                   f"stack_blocks gives {len(blocks)}")
         return blocks, "the caller"
-    for name, preset in PRESETS.items():
+    for name, preset in presets.items():
         if (preset.scale, preset.n_rrdb, preset.nf, len(preset.stack_blocks)) == (
                 fields["scale"], fields["n_rrdb"], fields["nf"], n_stacked):
             return preset.stack_blocks, f"preset {name}"
@@ -157,9 +167,26 @@ def _stack_blocks(fields: dict, n_stacked: int, override) -> tuple[tuple[int, ..
     )
 
 
-def infer_config(state: dict[str, Tensor], stack_blocks=None,
-                 invconv: str = "lu") -> tuple[SRFlowConfig, str]:
-    """The SRFlowConfig of a released SRFlow state dict, and where stack_blocks came from."""
+def srflow_presets() -> dict[str, SRFlowConfig]:
+    """The presets of SRFlow's layouts (without noise couplings)."""
+    return {name: preset for name, preset in PRESETS.items() if not preset.noise_steps}
+
+
+def preset_name(config: SRFlowConfig, presets: Mapping[str, SRFlowConfig], family: str) -> str:
+    """The name of the preset `config` is (its invconv aside), else `{family}-{scale}x-custom`."""
+    for name, preset in presets.items():
+        if preset.replace(invconv=config.invconv) == config:
+            return name
+    return f"{family}-{config.scale}x-custom"
+
+
+def infer_config(state: dict[str, Tensor], stack_blocks=None, invconv: str = "lu",
+                 presets: Mapping[str, SRFlowConfig] | None = None) -> tuple[SRFlowConfig, str]:
+    """The SRFlowConfig of a released SRFlow state dict, and where stack_blocks came from.
+
+    `presets` (default: SRFlow's) give stack_blocks when the caller does not, and the name.
+    """
+    presets = srflow_presets() if presets is None else presets
     fields = encoder_fields(state, "RRDB.")
     layout = _flow_layout(_layers(state))
     hidden = layout.pop("hidden", 64)
@@ -167,26 +194,24 @@ def infer_config(state: dict[str, Tensor], stack_blocks=None,
     if cond_channels % fields["nf"]:
         raise CheckpointError(f"condition width {cond_channels} is not a multiple of the "
                               f"encoder width {fields['nf']}")
-    stack, source = _stack_blocks(fields, cond_channels // fields["nf"] - 1, stack_blocks)
+    stack, source = _stack_blocks(fields, cond_channels // fields["nf"] - 1, stack_blocks,
+                                  presets)
     try:
         config = SRFlowConfig(**fields, **layout, hidden=hidden, stack_blocks=stack,
                               invconv=invconv)
     except ValueError as e:
         raise CheckpointError(f"inferred configuration is invalid: {e}") from e
-    for name, preset in PRESETS.items():
-        if preset.replace(invconv=invconv) == config:
-            return config.replace(name=name), source
-    return config.replace(name=f"srflow-{config.scale}x-custom"), source
+    return config.replace(name=preset_name(config, presets, "srflow")), source
 
 
-def _official_names(module: torch.nn.Module) -> dict[str, str]:
+def official_names(module: torch.nn.Module, subnet_names) -> dict[str, str]:
     """{reference key below the layer: our key} for one flow module (1x1 matrix excluded)."""
     names = {}
     for ours in module.state_dict():
         if ours.endswith("initialized") or ours.startswith("invconv."):
             continue
         theirs = ours
-        for official, mine in SUBNET_NAMES:
+        for official, mine in subnet_names:
             if ours.startswith(mine):
                 theirs = official + ours[len(mine):]
         names[theirs] = ours
@@ -194,10 +219,11 @@ def _official_names(module: torch.nn.Module) -> dict[str, str]:
 
 
 @torch.no_grad()
-def _load_flow_module(module: torch.nn.Module, tensors: dict[str, Tensor], where: str) -> None:
+def _load_flow_module(module: torch.nn.Module, tensors: dict[str, Tensor], where: str,
+                      subnet_names) -> None:
     """Load one reference layer into its flow module, marked initialised. Squeezes and
     splits have no 1x1 conv; steps get theirs through `set_weight_matrix` (full or LU)."""
-    names = _official_names(module)
+    names = official_names(module, subnet_names)
     own = module.state_dict()
     expected = {theirs: own[ours].shape for theirs, ours in names.items()}
     invconv = getattr(module, "invconv", None)
@@ -217,19 +243,27 @@ def _load_flow_module(module: torch.nn.Module, tensors: dict[str, Tensor], where
             raise CheckpointError(f"{where}invconv.weight: {e}") from e
 
 
-def convert_official(state_dict: dict, stack_blocks=None,
-                     invconv: str = "lu") -> tuple[SRFlow, ConversionReport]:
-    """Build the cinn-sr SRFlow that computes what the released SRFlow state dict does."""
-    state = named_tensors(state_dict, SRFLOW.title)
-    dropped = sorted(k for k in state if k.startswith(UNUSED_PREFIX))
+def official_tensors(state_dict: dict, title: str) -> dict[str, Tensor]:
+    """The named tensors of a released state dict, a CheckpointError on a key outside
+    RRDB.*, flowUpsamplerNet.layers.* and the unused flowUpsamplerNet.f.*."""
+    state = named_tensors(state_dict, title)
     other = sorted(k for k in state if not (k.startswith(("RRDB.", UNUSED_PREFIX))
                                              or LAYER_KEY.fullmatch(k)))
     if other:
         raise CheckpointError(f"unexpected key {other[0]}")
-    config, stack_source = infer_config(state, stack_blocks, invconv)
-    model = SRFlow(config)
+    return state
 
-    encoder = _encoder_state(state)
+
+def unused_tensors(keys: Iterable[str]) -> list[str]:
+    """The keys of the conv the reference creates and never uses (flowUpsamplerNet.f)."""
+    return sorted(k for k in keys if k.startswith(UNUSED_PREFIX))
+
+
+def load_official_tensors(model: SRFlow, state: dict[str, Tensor],
+                          subnet_names=SUBNET_NAMES) -> None:
+    """Load the reference tensors `state` (flowUpsamplerNet.f aside) into `model`, every one
+    checked by name and shape; `subnet_names`: (reference prefix, ours) of the subnets."""
+    encoder = encoder_state(state)
     check_tensors(encoder, {k: v.shape for k, v in model.encoder.state_dict().items()}, "RRDB.")
     model.encoder.load_state_dict(encoder, strict=True)
 
@@ -239,10 +273,21 @@ def convert_official(state_dict: dict, stack_blocks=None,
         raise CheckpointError(f"the flow has {max(layers) + 1} layers, the inferred "
                               f"configuration {len(modules)}")
     for index, module in enumerate(modules):
-        _load_flow_module(module, layers.get(index, {}), f"flowUpsamplerNet.layers.{index}.")
+        _load_flow_module(module, layers.get(index, {}), f"flowUpsamplerNet.layers.{index}.",
+                          subnet_names)
+
+
+def convert_official(state_dict: dict, stack_blocks=None,
+                     invconv: str = "lu") -> tuple[SRFlow, ConversionReport]:
+    """Build the cinn-sr SRFlow that computes what the released SRFlow state dict does."""
+    state = official_tensors(state_dict, SRFLOW.title)
+    config, stack_source = infer_config(state, stack_blocks, invconv)
+    model = SRFlow(config)
+    load_official_tensors(model, state)
+    dropped = unused_tensors(state)
     if dropped:
         log.info("dropped tensors the reference never uses: %s", ", ".join(dropped))
-    used = [v for k, v in state.items() if not k.startswith(UNUSED_PREFIX)]
+    used = [v for k, v in state.items() if k not in dropped]
     report = ConversionReport(config, len(used), sum(v.numel() for v in used), dropped,
                               stack_source)
     return model.eval(), report
@@ -253,12 +298,19 @@ def load_official(state_dict: dict, stack_blocks=None, invconv: str = "lu") -> S
     return convert_official(state_dict, stack_blocks, invconv)[0]
 
 
-def _encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The RRDB.* tensors of a released state dict, in `RRDBEncoder` names."""
     return {k[len("RRDB."):]: v for k, v in state.items() if k.startswith("RRDB.")}
 
 
+def has_noise_subnets(weights: Weights) -> bool:
+    """Whether some key is of an NCSR noise coupling's subnet."""
+    return any(isinstance(k, str) and NOISE_SUBNET in k for k in weights.state)
+
+
 def _is_srflow(weights: Weights) -> bool:
-    return weights.has("RRDB.") and weights.has("flowUpsamplerNet.")
+    return (weights.has("RRDB.") and weights.has("flowUpsamplerNet.")
+            and not has_noise_subnets(weights))
 
 
 def _model(weights: Weights, options: LoadOptions) -> tuple[SRFlow, ConversionReport]:
@@ -267,7 +319,7 @@ def _model(weights: Weights, options: LoadOptions) -> tuple[SRFlow, ConversionRe
 
 def _encoder(weights: Weights, options: LoadOptions) -> EncoderWeights:
     state = named_tensors(weights.state, SRFLOW.title)
-    return checked_encoder(_encoder_state(state), "srflow", "trunk", options)
+    return checked_encoder(encoder_state(state), "srflow", "trunk", options)
 
 
 SRFLOW = Format(
