@@ -13,6 +13,12 @@ The last level's output is the last latent. Latents are ordered as the OutputNod
 split latents from the HR side first, then the final one. Every latent is N(0, I) under
 the model. Conditions are passed level 1 (HR side) first, then the noise maps of the noise
 levels (`config.noise_levels`, in_channels each), in level order.
+
+At a level f >= 2 times the LR's resolution, the encoder's condition is the base feature
+(nf channels) followed by the stacked trunk features nearest-upsampled by f: the steps are
+told so (`upsampled`), and compute their condition convolutions over those channels at the
+LR resolution (`cinn_sr.blocks.upsampled`, 4/9 of the multiply-adds), the same function
+and the same gradients for the encoder.
 """
 
 from __future__ import annotations
@@ -45,6 +51,15 @@ def latent_shapes(config: SRFlowConfig, hr_h: int, hr_w: int) -> list[tuple[int,
             channels = channels // 2
     shapes.append((channels, h, w))
     return shapes
+
+
+def upsampled_channels(config: SRFlowConfig, level: int) -> tuple[int, int] | None:
+    """(first channel, factor) of level `level`'s nearest-upsampled condition channels, or
+    None where the level has none (no stacked blocks, or a factor below 2)."""
+    factor = config.level_factors[level - 1]
+    if not config.stack_blocks or factor < 2:
+        return None
+    return config.nf, int(factor)
 
 
 def build_flow(config: SRFlowConfig) -> GraphINN:
@@ -92,6 +107,7 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
                     "scale": config.scale_fn,
                     "clamp": config.clamp,
                     "parameterization": config.invconv,
+                    "upsampled": upsampled_channels(config, level),
                 },
                 conditions=[conditions[level - 1], *([noise_maps[level]] if noisy else [])],
                 name=f"L{level}.step{k}",
