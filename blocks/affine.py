@@ -31,7 +31,9 @@ call: constant on factor x factor blocks), a subnet that is an `UpsampledInputSu
 computes its first layer's response to them at the low resolution (`upsampled.py`: 4/9 of
 the multiply-adds of a 3x3 conv); the gradient into those channels then collects on each
 block's top-left pixel (the block sums, all that a nearest upsampling passes back, are
-exact). Otherwise the blocks compute it as without the option.
+exact). Otherwise the blocks compute it as without the option. Inside
+`upsampled.sharing_sources()` (as `cinn_sr.flow` runs its graph) the blocks reading one
+condition tensor check and split it once.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from torch import Tensor, nn
 from .condition_cache import condition_term
 from .shapes import check_conditions, check_image_input, samples_per_condition
 from .subnet import SplittableSubnet, UpsampledInputSubnet, subnet
-from .upsampled import nearest_source
+from .upsampled import split_source
 
 SubnetConstructor = Callable[[int, int], nn.Module]
 
@@ -89,11 +91,12 @@ def _low_resolution_term(net: nn.Module, u: Tensor, start: int,
     if upsampled is None or not isinstance(net, UpsampledInputSubnet):
         return None
     split, factor = upsampled
-    low = nearest_source(u[:, split:], factor)
-    if low is None:
+    parts = split_source(u, split, factor)
+    if parts is None:
         return None
+    head, low = parts
     term = net.first_layer_upsampled(low, start + split, factor, bias=True)
-    return term + net.first_layer(u[:, :split], start) if split else term
+    return term + net.first_layer(head, start) if split else term
 
 
 def _build_subnet(constructor: SubnetConstructor | None, hidden: int, c_in: int,

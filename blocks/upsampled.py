@@ -2,18 +2,25 @@
 
 With x = nearest_f(low) (each low-resolution pixel repeated on an f x f block), the output
 rows f i + a of a k x k convolution (stride 1, zero padding p) read only the low rows
-i + (a + t - p) // f for its taps t: a k x k conv at the high resolution is, per phase
-(a, b) of the f x f block, an S x S conv at the low one (S = 2 for k = 3), with the taps
-that fall on the same low pixel summed. All f^2 phases run as one convolution with
-f^2 times the output channels over the low-resolution map: (S / k)^2 of the multiply-adds
-(4/9 for a 3x3 conv), the same result to float rounding.
+i + (a + t - p) // f for its taps t: per phase (a, b) of the f x f block it is a 2 x 2
+conv at the low resolution (for k = 3), with the taps that fall on the same low pixel
+summed. All phases together are one transposed convolution of stride f over the
+low-resolution map, with a (2 f) x (2 f) kernel for k = 3: 4/9 of the multiply-adds, the
+same result to float rounding.
 
 `nearest_source` finds the low-resolution map behind a tensor that is constant on f x f
 blocks. Gradients through it reach only the top-left pixel of each block (carrying the
-block's sum): exactly what a nearest upsampling passes back to its input.
+block's sum): exactly what a nearest upsampling passes back to its input. `split_source`
+splits a condition into its plain channels and the source of the others; inside
+`sharing_sources()` it does so once per condition tensor for all the blocks that read it
+(one check, and the blocks' gradients add up at the low resolution).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -32,38 +39,57 @@ def nearest_source(x: Tensor, factor: int) -> Tensor | None:
     return low if same else None
 
 
-def _phase_selection(kernel: int, padding: int, factor: int, like: Tensor):
-    """(select[f, S, k], first[f]): tap t of phase a reads low offset first[a] + slot s,
-    select[a, s, t] = 1."""
-    offsets = [[(a + t - padding) // factor for t in range(kernel)] for a in range(factor)]
-    first = [row[0] for row in offsets]
-    span = max(row[-1] - row[0] for row in offsets) + 1
-    select = torch.zeros(factor, span, kernel, dtype=like.dtype, device=like.device)
-    for a, row in enumerate(offsets):
-        for t, offset in enumerate(row):
-            select[a, offset - first[a], t] = 1
-    return select, first
+_SHARED: ContextVar[dict | None] = ContextVar("shared_sources", default=None)
+
+
+@contextmanager
+def sharing_sources() -> Iterator[None]:
+    """Within it, `split_source` splits each condition tensor once."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def split_source(u: Tensor, start: int, factor: int) -> tuple[Tensor, Tensor] | None:
+    """(u[:, :start], nearest_source(u[:, start:], factor)), or None without a source."""
+    shared = _SHARED.get()
+    if shared is None:
+        return _split(u, start, factor)
+    key = (id(u), start, factor)
+    if key not in shared:  # u is kept with its parts, so its id stays its own
+        shared[key] = (u, _split(u, start, factor))
+    return shared[key][1]
+
+
+def _split(u: Tensor, start: int, factor: int) -> tuple[Tensor, Tensor] | None:
+    low = nearest_source(u[:, start:], factor)
+    return None if low is None else (u[:, :start], low)
+
+
+def _tap_selection(kernel: int, padding: int, factor: int, like: Tensor) -> tuple[Tensor, int]:
+    """(select[K, k], P): output row f i' + t - P of the transposed conv takes low row i';
+    tap j of the k x k conv at output row f i + a reads low row i + (a + j - padding) // f,
+    so select[t, j] = 1 for t = a + P - f ((a + j - padding) // f)."""
+    taps = [(a - factor * ((a + j - padding) // factor), j)
+            for a in range(factor) for j in range(kernel)]
+    shift = -min(t for t, _ in taps)
+    size = max(t for t, _ in taps) + shift + 1
+    if size != factor + 2 * shift:
+        raise ValueError(f"conv_over_upsampled: padding {padding} does not keep the size of "
+                         f"a {kernel}x{kernel} convolution")
+    select = torch.zeros(size, kernel, dtype=like.dtype, device=like.device)
+    for t, j in taps:
+        select[t + shift, j] = 1
+    return select, shift
 
 
 def conv_over_upsampled(low: Tensor, weight: Tensor, bias: Tensor | None, factor: int,
                         padding: int) -> Tensor:
-    """F.conv2d(nearest_factor(low), weight, bias, padding=padding), at low's resolution.
-
-    `weight` is square (k x k); the output has the upsampled size (f h, f w).
-    """
-    out_channels, kernel = weight.shape[0], weight.shape[-1]
-    select, first = _phase_selection(kernel, padding, factor, weight)
-    span = select.shape[1]
-    phases = torch.einsum("asi,btj,ocij->abocst", select, select, weight)
-    top, bottom = -min(first), max(first) + span - 1
-    y = F.conv2d(F.pad(low, (top, bottom, top, bottom)),
-                 phases.reshape(factor * factor * out_channels, weight.shape[1], span, span))
-    y = y.unflatten(1, (factor, factor, out_channels))
-    h, w = low.shape[-2:]
-    rows = [first[a] + top for a in range(factor)]
-    out = torch.stack([
-        torch.stack([y[:, a, b, :, rows[a]:rows[a] + h, rows[b]:rows[b] + w]
-                     for b in range(factor)], dim=-1)
-        for a in range(factor)
-    ], dim=-3).reshape(low.shape[0], out_channels, factor * h, factor * w)
-    return out if bias is None else out + bias[:, None, None]
+    """F.conv2d(nearest_factor(low), weight, bias, padding=padding), at low's resolution:
+    one transposed convolution (stride f) whose kernel sums the taps that read the same low
+    pixel. `weight` is square (k x k) and `padding` keeps the size (k // 2)."""
+    select, shift = _tap_selection(weight.shape[-1], padding, factor, weight)
+    kernel = torch.einsum("ti,uj,ocij->cotu", select, select, weight)
+    return F.conv_transpose2d(low, kernel, bias, stride=factor, padding=shift)

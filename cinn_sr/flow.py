@@ -18,7 +18,8 @@ At a level f >= 2 times the LR's resolution, the encoder's condition is the base
 (nf channels) followed by the stacked trunk features nearest-upsampled by f: the steps are
 told so (`upsampled`), and compute their condition convolutions over those channels at the
 LR resolution (`cinn_sr.blocks.upsampled`, 4/9 of the multiply-adds), the same function
-and the same gradients for the encoder.
+and the same gradients for the encoder. The graph (`ConditionalFlow`) has its blocks split
+each condition tensor once per call.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from cinn_sr.blocks import (
     Squeeze,
     TransitionStep,
 )
+from cinn_sr.blocks.upsampled import sharing_sources
 from cinn_sr.presets import SRFlowConfig
+
+
+class ConditionalFlow(GraphINN):
+    """A GraphINN whose blocks share the split of each condition tensor during a call."""
+
+    def forward(self, *args, **kwargs):
+        with sharing_sources():
+            return super().forward(*args, **kwargs)
 
 
 def latent_shapes(config: SRFlowConfig, hr_h: int, hr_w: int) -> list[tuple[int, int, int]]:
@@ -121,7 +131,7 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
             x = (split, 0)
     latents.append(OutputNode(x, name=f"L{config.L}.latent"))
     nodes.append(latents[-1])
-    return GraphINN(nodes, force_tuple_output=True)
+    return ConditionalFlow(nodes, force_tuple_output=True)
 
 
 def named_flow_modules(flow: GraphINN) -> dict:
