@@ -200,7 +200,7 @@ class ConditionalAffineCoupling(InvertibleModule):
         net = self.subnet
         if not isinstance(net, SplittableSubnet):
             return net(torch.cat([x_a, _per_sample(u, n)], dim=1))
-        if n == 1 and self.condition_cache is None and u.requires_grad and self.upsampled is None:
+        if n == 1 and self.condition_cache is None and self.upsampled is None:
             return _run_subnet(net, torch.cat([x_a, u], dim=1), allow_init)
         h = net.first_layer(x_a, 0)
         h_condition = condition_term(self, u, self._condition_part)

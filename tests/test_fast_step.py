@@ -1,7 +1,7 @@
-"""The training step's exact savings equal the plain path: condition convolutions over
+"""The training step's exact saving equals the plain path: the condition convolutions over
 nearest-upsampled channels at the low resolution (`blocks/upsampled.py`, the blocks'
-`upsampled` option, set by `cinn_sr.flow`), and the coupling's split first layer when the
-condition needs no gradient (a frozen encoder)."""
+`upsampled` option, set by `cinn_sr.flow`), with the encoder trained or frozen, in both
+directions, with the ActNorm init and with condition broadcasting."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cinn_sr import SRFlow
-from cinn_sr.blocks import NCSR_STEP, AffineInjector, ConditionalAffineCoupling, FlowStep
+from cinn_sr.blocks import NCSR_STEP, AffineInjector, ConditionalAffineCoupling, FlowStep, upsampled
 from cinn_sr.blocks.upsampled import conv_over_upsampled, nearest_source
 from cinn_sr.flow import upsampled_channels
 from cinn_sr.presets import preset
@@ -198,3 +198,15 @@ def test_sampling_with_broadcast_conditions_equals_the_plain_path():
                for shape in fast.latent_shapes(64, 64)]  # 3 samples per LR image
     out = fast.decode(lr, latents)
     assert relative_error(out, plain.decode(lr, latents)) < 1e-10
+
+
+@pytest.mark.parametrize(("name", "levels"), [("tiny-4x", 1), ("tiny-8x", 2)])
+def test_the_flow_checks_each_upsampled_condition_once_per_call(name, levels):
+    fast, _, lr, hr = perturbed_models(name, 8, torch.float32, tol=1e-5, only="subnet")
+    with mock.patch("cinn_sr.blocks.upsampled.nearest_source",
+                    wraps=upsampled.nearest_source) as checks:
+        fast.nll(lr, hr)
+        assert checks.call_count == levels
+        step, u = fast.flow_modules()["L1.step0"], fast.condition(lr)[0]
+        step((torch.randn(2, step.dims_in[0][0], *u.shape[-2:]),), c=[u])
+        assert checks.call_count == levels + 2  # a step alone: its injector and coupling
