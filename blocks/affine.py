@@ -47,8 +47,7 @@ from torch import Tensor, nn
 
 from .condition_cache import condition_term
 from .shapes import check_conditions, check_image_input, samples_per_condition
-from .subnet import SplittableSubnet, UpsampledInputSubnet, subnet
-from .upsampled import split_source
+from .subnet import SplittableSubnet, UpsampledInputSubnet, low_resolution_first_layer, subnet
 
 SubnetConstructor = Callable[[int, int], nn.Module]
 
@@ -82,21 +81,6 @@ def _check_upsampled(module, upsampled, condition_channels: int) -> tuple[int, i
         raise ValueError(f"{type(module).__name__}: upsampled must be (start, factor) with "
                          f"0 <= start < {condition_channels} and factor >= 2, got {upsampled}")
     return int(start), int(factor)
-
-
-def _low_resolution_term(net: nn.Module, u: Tensor, start: int,
-                         upsampled: tuple[int, int] | None) -> Tensor | None:
-    """The first layer's response (with bias) to condition u as input channels start .., its
-    upsampled channels at their low resolution; None unless that applies."""
-    if upsampled is None or not isinstance(net, UpsampledInputSubnet):
-        return None
-    split, factor = upsampled
-    parts = split_source(u, split, factor)
-    if parts is None:
-        return None
-    head, low = parts
-    term = net.first_layer_upsampled(low, start + split, factor, bias=True)
-    return term + net.first_layer(head, start) if split else term
 
 
 def _build_subnet(constructor: SubnetConstructor | None, hidden: int, c_in: int,
@@ -147,9 +131,10 @@ class AffineInjector(InvertibleModule):
         self.condition_cache = None
 
     def _shift_and_scale(self, u: Tensor, allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
-        term = _low_resolution_term(self.subnet, u, 0, self.upsampled)
-        h = (_run_subnet(self.subnet, u, allow_init) if term is None
-             else self.subnet.finish(term, allow_init=allow_init))
+        net = self.subnet
+        h = (net(u, allow_init=allow_init, upsampled=self.upsampled)
+             if self.upsampled is not None and isinstance(net, UpsampledInputSubnet)
+             else _run_subnet(net, u, allow_init))
         return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
@@ -191,7 +176,7 @@ class ConditionalAffineCoupling(InvertibleModule):
 
     def _condition_part(self, u: Tensor) -> Tensor:
         """The subnet's first-layer response to the condition channels (with its bias)."""
-        term = _low_resolution_term(self.subnet, u, self.passive_channels, self.upsampled)
+        term = low_resolution_first_layer(self.subnet, u, self.passive_channels, self.upsampled)
         if term is None:
             term = self.subnet.first_layer(u, self.passive_channels, bias=True)
         return term

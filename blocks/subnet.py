@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .actnorm import ActNormLayer
-from .upsampled import conv_over_upsampled
+from .upsampled import conv_over_upsampled, split_source
 
 CONV_WEIGHT_STD = 0.05
 LOGSCALE_FACTOR = 3.0
@@ -106,21 +106,44 @@ class SplittableSubnet(Protocol):
 class UpsampledInputSubnet(SplittableSubnet, Protocol):
     """A `SplittableSubnet` that takes input channels given as their low-resolution source:
     `first_layer_upsampled(low, start, factor, bias)` equals
-    `first_layer(nearest_factor(low), start, bias)`."""
+    `first_layer(nearest_factor(low), start, bias)`, and `subnet(x, upsampled=(s, f))`
+    computes its first layer so where x's channels from s on are a nearest upsampling."""
+
+    def __call__(self, x: Tensor, allow_init: bool = True,
+                 upsampled: tuple[int, int] | None = None) -> Tensor: ...
 
     def first_layer_upsampled(self, low: Tensor, start: int, factor: int,
                               bias: bool = False) -> Tensor: ...
 
 
+def low_resolution_first_layer(net: nn.Module, u: Tensor, start: int,
+                               upsampled: tuple[int, int] | None) -> Tensor | None:
+    """`net.first_layer(u, start, bias=True)` with u's channels from upsampled[0] on taken at
+    their low resolution (`upsampled.split_source`); None unless they are a nearest
+    upsampling by upsampled[1] and `net` is an `UpsampledInputSubnet`."""
+    if upsampled is None or not isinstance(net, UpsampledInputSubnet):
+        return None
+    split, factor = upsampled
+    parts = split_source(u, split, factor)
+    if parts is None:
+        return None
+    head, low = parts
+    term = net.first_layer_upsampled(low, start + split, factor, bias=True)
+    return term + net.first_layer(head, start) if split else term
+
+
 class Subnet(nn.Sequential):
     """nn.Sequential of the layers above, a `SplittableSubnet`.
 
-    `forward(x, allow_init=True)`; the affine blocks pass `allow_init=False` in reverse so
-    the inner ActNorms initialise only from data -> latent passes.
+    `forward(x, allow_init=True, upsampled=None)`; the affine blocks pass `allow_init=False`
+    in reverse so the inner ActNorms initialise only from data -> latent passes, and
+    `upsampled=(start, factor)` for channels that are usually a nearest upsampling.
     """
 
-    def forward(self, x: Tensor, allow_init: bool = True) -> Tensor:
-        return self.finish(self.first_layer(x, 0, bias=True), allow_init)
+    def forward(self, x: Tensor, allow_init: bool = True,
+                upsampled: tuple[int, int] | None = None) -> Tensor:
+        h = low_resolution_first_layer(self, x, 0, upsampled)
+        return self.finish(self.first_layer(x, 0, bias=True) if h is None else h, allow_init)
 
     def first_layer(self, x: Tensor, start: int, bias: bool = False) -> Tensor:
         """Layer 0 on input channels start .. start + C of x: its folded conv (with the folded
