@@ -19,7 +19,15 @@ from .flow_step import (
 from .invconv import InvConv1x1, random_rotation
 from .split import PriorSplit
 from .squeeze import Squeeze, squeeze2d, unsqueeze2d
-from .subnet import ConvActNorm, SplittableSubnet, Subnet, ZeroConv2d, subnet
+from .subnet import (
+    ConvActNorm,
+    SplittableSubnet,
+    Subnet,
+    UpsampledInputSubnet,
+    ZeroConv2d,
+    subnet,
+)
+from .upsampled import conv_over_upsampled, sharing_sources
 
 __all__ = [
     "NCSR_STEP",
@@ -41,10 +49,13 @@ __all__ = [
     "StepPart",
     "Subnet",
     "TransitionStep",
+    "UpsampledInputSubnet",
     "ZeroConv2d",
     "actnorm_statistics",
     "affine_scale",
+    "conv_over_upsampled",
     "random_rotation",
+    "sharing_sources",
     "squeeze2d",
     "subnet",
     "unsqueeze2d",

@@ -24,6 +24,16 @@ first-layer response to the condition (a linear layer over cat[x_A, u] is the su
 responses to x_A and to u). Other subnets see the condition repeated n times. The result
 equals the one with each condition repeated. Across calls, a `ConditionCache`
 (`condition_cache.py`) keeps those condition terms for the same condition tensor.
+
+Upsampled conditions: `upsampled=(start, factor)` says the condition's channels from
+`start` on are usually a nearest upsampling by `factor`. When they are (checked on every
+call: constant on factor x factor blocks), a subnet that is an `UpsampledInputSubnet`
+computes its first layer's response to them at the low resolution (`upsampled.py`: 4/9 of
+the multiply-adds of a 3x3 conv); the gradient into those channels then collects on each
+block's top-left pixel (the block sums, all that a nearest upsampling passes back, are
+exact). Otherwise the blocks compute it as without the option. Inside
+`upsampled.sharing_sources()` (as `cinn_sr.flow` runs its graph) the blocks reading one
+condition tensor check and split it once.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from torch import Tensor, nn
 
 from .condition_cache import condition_term
 from .shapes import check_conditions, check_image_input, samples_per_condition
-from .subnet import SplittableSubnet, subnet
+from .subnet import SplittableSubnet, UpsampledInputSubnet, low_resolution_first_layer, subnet
 
 SubnetConstructor = Callable[[int, int], nn.Module]
 
@@ -61,6 +71,16 @@ def _check_scale(module, scale: str, clamp: float) -> None:
                          f"got {scale!r}")
     if not clamp > 0:
         raise ValueError(f"{type(module).__name__}: clamp must be positive, got {clamp}")
+
+
+def _check_upsampled(module, upsampled, condition_channels: int) -> tuple[int, int] | None:
+    if upsampled is None:
+        return None
+    start, factor = upsampled
+    if not (0 <= start < condition_channels and factor >= 2):
+        raise ValueError(f"{type(module).__name__}: upsampled must be (start, factor) with "
+                         f"0 <= start < {condition_channels} and factor >= 2, got {upsampled}")
+    return int(start), int(factor)
 
 
 def _build_subnet(constructor: SubnetConstructor | None, hidden: int, c_in: int,
@@ -99,17 +119,22 @@ class AffineInjector(InvertibleModule):
     """
 
     def __init__(self, dims_in, dims_c=None, hidden: int = 64, scale: str = "sigmoid",
-                 clamp: float = 2.0, subnet_constructor: SubnetConstructor | None = None):
+                 clamp: float = 2.0, subnet_constructor: SubnetConstructor | None = None,
+                 upsampled: tuple[int, int] | None = None):
         super().__init__(dims_in, dims_c)
         shape = check_image_input(self, dims_in)
         condition_channels = check_conditions(self, shape, dims_c)
         _check_scale(self, scale, clamp)
         self.scale_function, self.clamp = scale, float(clamp)
+        self.upsampled = _check_upsampled(self, upsampled, condition_channels)
         self.subnet = _build_subnet(subnet_constructor, hidden, condition_channels, 2 * shape[0])
         self.condition_cache = None
 
     def _shift_and_scale(self, u: Tensor, allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
-        h = _run_subnet(self.subnet, u, allow_init)
+        net = self.subnet
+        h = (net(u, allow_init=allow_init, upsampled=self.upsampled)
+             if self.upsampled is not None and isinstance(net, UpsampledInputSubnet)
+             else _run_subnet(net, u, allow_init))
         return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
@@ -134,12 +159,14 @@ class ConditionalAffineCoupling(InvertibleModule):
     """
 
     def __init__(self, dims_in, dims_c=None, hidden: int = 64, scale: str = "sigmoid",
-                 clamp: float = 2.0, subnet_constructor: SubnetConstructor | None = None):
+                 clamp: float = 2.0, subnet_constructor: SubnetConstructor | None = None,
+                 upsampled: tuple[int, int] | None = None):
         super().__init__(dims_in, dims_c)
         shape = check_image_input(self, dims_in, min_channels=2)
         condition_channels = check_conditions(self, shape, dims_c)
         _check_scale(self, scale, clamp)
         self.scale_function, self.clamp = scale, float(clamp)
+        self.upsampled = _check_upsampled(self, upsampled, condition_channels)
         self.passive_channels = shape[0] // 2
         active_channels = shape[0] - self.passive_channels
         self.subnet = _build_subnet(subnet_constructor, hidden,
@@ -149,13 +176,16 @@ class ConditionalAffineCoupling(InvertibleModule):
 
     def _condition_part(self, u: Tensor) -> Tensor:
         """The subnet's first-layer response to the condition channels (with its bias)."""
-        return self.subnet.first_layer(u, self.passive_channels, bias=True)
+        term = low_resolution_first_layer(self.subnet, u, self.passive_channels, self.upsampled)
+        if term is None:
+            term = self.subnet.first_layer(u, self.passive_channels, bias=True)
+        return term
 
     def _subnet_output(self, x_a: Tensor, u: Tensor, n: int, allow_init: bool) -> Tensor:
         net = self.subnet
         if not isinstance(net, SplittableSubnet):
             return net(torch.cat([x_a, _per_sample(u, n)], dim=1))
-        if n == 1 and self.condition_cache is None:
+        if n == 1 and self.condition_cache is None and self.upsampled is None:
             return _run_subnet(net, torch.cat([x_a, u], dim=1), allow_init)
         h = net.first_layer(x_a, 0)
         h_condition = condition_term(self, u, self._condition_part)

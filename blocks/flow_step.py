@@ -6,10 +6,12 @@ reads, and which of the step's options it takes. Data -> latent runs the parts i
 the reverse runs their inverses in the opposite order; the log-det is the sum of the parts'.
 
 - `SRFLOW_STEP` (SRFlow's conditional flow step): ActNorm -> InvConv1x1 -> AffineInjector
-  -> ConditionalAffineCoupling, both affine blocks reading condition 0.
+  -> ConditionalAffineCoupling, both affine blocks reading condition 0 and taking the
+  option `upsampled` (see `affine.py`).
 - `NCSR_STEP` (NCSR's noise-conditioned step): the same, with a second coupling after the
   injector that reads condition 1 (the noise map) and transforms the same half of the
-  channels as the feature coupling that follows it.
+  channels as the feature coupling that follows it (`upsampled` goes to the injector and
+  the feature coupling only).
 - `TRANSITION_STEP` (SRFlow's steps after a squeeze): ActNorm -> InvConv1x1, no condition.
 
 `ConditionalFlowStep` and `TransitionStep` are `FlowStep` with those parts as defaults.
@@ -27,6 +29,7 @@ from .invconv import InvConv1x1
 from .shapes import check_conditions, check_image_input, check_no_condition
 
 AFFINE_OPTIONS = ("hidden", "scale", "clamp", "subnet_constructor")
+CONDITION_OPTIONS = (*AFFINE_OPTIONS, "upsampled")
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,8 @@ TRANSITION_STEP = (
 )
 SRFLOW_STEP = (
     *TRANSITION_STEP,
-    StepPart("injector", AffineInjector, (0,), AFFINE_OPTIONS),
-    StepPart("coupling", ConditionalAffineCoupling, (0,), AFFINE_OPTIONS),
+    StepPart("injector", AffineInjector, (0,), CONDITION_OPTIONS),
+    StepPart("coupling", ConditionalAffineCoupling, (0,), CONDITION_OPTIONS),
 )
 NCSR_STEP = (
     *SRFLOW_STEP[:3],

@@ -18,7 +18,9 @@ the extra passes over the [B, hidden, H, W] activations.
 
 The affine blocks take any subnet (FrEIA's `subnet_constructor(c_in, c_out)`). A subnet
 that also implements `SplittableSubnet` (as `Subnet` does) lets them compute the
-condition's share of its first layer once per condition instead of once per sample.
+condition's share of its first layer once per condition instead of once per sample; one
+that implements `UpsampledInputSubnet` (as `Subnet` does) also computes it at the low
+resolution for condition channels that are a nearest upsampling (`upsampled.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .actnorm import ActNormLayer
+from .upsampled import conv_over_upsampled, split_source
 
 CONV_WEIGHT_STD = 0.05
 LOGSCALE_FACTOR = 3.0
@@ -99,26 +102,70 @@ class SplittableSubnet(Protocol):
     def finish(self, h: Tensor, allow_init: bool = True) -> Tensor: ...
 
 
+@runtime_checkable
+class UpsampledInputSubnet(SplittableSubnet, Protocol):
+    """A `SplittableSubnet` that takes input channels given as their low-resolution source:
+    `first_layer_upsampled(low, start, factor, bias)` equals
+    `first_layer(nearest_factor(low), start, bias)`, and `subnet(x, upsampled=(s, f))`
+    computes its first layer so where x's channels from s on are a nearest upsampling."""
+
+    def __call__(self, x: Tensor, allow_init: bool = True,
+                 upsampled: tuple[int, int] | None = None) -> Tensor: ...
+
+    def first_layer_upsampled(self, low: Tensor, start: int, factor: int,
+                              bias: bool = False) -> Tensor: ...
+
+
+def low_resolution_first_layer(net: nn.Module, u: Tensor, start: int,
+                               upsampled: tuple[int, int] | None) -> Tensor | None:
+    """`net.first_layer(u, start, bias=True)` with u's channels from upsampled[0] on taken at
+    their low resolution (`upsampled.split_source`); None unless they are a nearest
+    upsampling by upsampled[1] and `net` is an `UpsampledInputSubnet`."""
+    if upsampled is None or not isinstance(net, UpsampledInputSubnet):
+        return None
+    split, factor = upsampled
+    parts = split_source(u, split, factor)
+    if parts is None:
+        return None
+    head, low = parts
+    term = net.first_layer_upsampled(low, start + split, factor, bias=True)
+    return term + net.first_layer(head, start) if split else term
+
+
 class Subnet(nn.Sequential):
     """nn.Sequential of the layers above, a `SplittableSubnet`.
 
-    `forward(x, allow_init=True)`; the affine blocks pass `allow_init=False` in reverse so
-    the inner ActNorms initialise only from data -> latent passes.
+    `forward(x, allow_init=True, upsampled=None)`; the affine blocks pass `allow_init=False`
+    in reverse so the inner ActNorms initialise only from data -> latent passes, and
+    `upsampled=(start, factor)` for channels that are usually a nearest upsampling.
     """
 
-    def forward(self, x: Tensor, allow_init: bool = True) -> Tensor:
-        return self.finish(self.first_layer(x, 0, bias=True), allow_init)
+    def forward(self, x: Tensor, allow_init: bool = True,
+                upsampled: tuple[int, int] | None = None) -> Tensor:
+        h = low_resolution_first_layer(self, x, 0, upsampled)
+        return self.finish(self.first_layer(x, 0, bias=True) if h is None else h, allow_init)
 
     def first_layer(self, x: Tensor, start: int, bias: bool = False) -> Tensor:
         """Layer 0 on input channels start .. start + C of x: its folded conv (with the folded
         bias when `bias`) once the ActNorm is initialised, else the bias-free conv alone."""
+        weight, layer_bias = self._first_weight(start, start + x.shape[1])
+        return F.conv2d(x, weight, layer_bias if bias else None, padding=self[0].padding)
+
+    def first_layer_upsampled(self, low: Tensor, start: int, factor: int,
+                              bias: bool = False) -> Tensor:
+        """`first_layer` of nearest_factor(low), computed at low's resolution."""
+        weight, layer_bias = self._first_weight(start, start + low.shape[1])
+        return conv_over_upsampled(low, weight, layer_bias if bias else None, factor,
+                                   self[0].padding[0])
+
+    def _first_weight(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+        """Layer 0's weights for input channels start .. stop and its bias: folded once its
+        ActNorm is initialised, else the raw weights and no bias."""
         first = self[0]
-        stop = start + x.shape[1]
         if not first.actnorm.is_initialized:
-            return F.conv2d(x, first.weight[:, start:stop], padding=first.padding)
+            return first.weight[:, start:stop], None
         weight, folded_bias = first.folded()
-        return F.conv2d(x, weight[:, start:stop], folded_bias if bias else None,
-                        padding=first.padding)
+        return weight[:, start:stop], folded_bias
 
     def finish(self, h: Tensor, allow_init: bool = True) -> Tensor:
         """The subnet's output given the summed `first_layer` terms `h` (layer 0's ActNorm

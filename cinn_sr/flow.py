@@ -13,6 +13,13 @@ The last level's output is the last latent. Latents are ordered as the OutputNod
 split latents from the HR side first, then the final one. Every latent is N(0, I) under
 the model. Conditions are passed level 1 (HR side) first, then the noise maps of the noise
 levels (`config.noise_levels`, in_channels each), in level order.
+
+At a level f >= 2 times the LR's resolution, the encoder's condition is the base feature
+(nf channels) followed by the stacked trunk features nearest-upsampled by f: the steps are
+told so (`upsampled`), and compute their condition convolutions over those channels at the
+LR resolution (`cinn_sr.blocks.upsampled`, 4/9 of the multiply-adds), the same function
+and the same gradients for the encoder. The graph (`ConditionalFlow`) has its blocks split
+each condition tensor once per call.
 """
 
 from __future__ import annotations
@@ -27,7 +34,16 @@ from cinn_sr.blocks import (
     Squeeze,
     TransitionStep,
 )
+from cinn_sr.blocks.upsampled import sharing_sources
 from cinn_sr.presets import SRFlowConfig
+
+
+class ConditionalFlow(GraphINN):
+    """A GraphINN whose blocks share the split of each condition tensor during a call."""
+
+    def forward(self, *args, **kwargs):
+        with sharing_sources():
+            return super().forward(*args, **kwargs)
 
 
 def latent_shapes(config: SRFlowConfig, hr_h: int, hr_w: int) -> list[tuple[int, int, int]]:
@@ -45,6 +61,15 @@ def latent_shapes(config: SRFlowConfig, hr_h: int, hr_w: int) -> list[tuple[int,
             channels = channels // 2
     shapes.append((channels, h, w))
     return shapes
+
+
+def upsampled_channels(config: SRFlowConfig, level: int) -> tuple[int, int] | None:
+    """(first channel, factor) of level `level`'s nearest-upsampled condition channels, or
+    None where the level has none (no stacked blocks, or a factor below 2)."""
+    factor = config.level_factors[level - 1]
+    if not config.stack_blocks or factor < 2:
+        return None
+    return config.nf, int(factor)
 
 
 def build_flow(config: SRFlowConfig) -> GraphINN:
@@ -92,6 +117,7 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
                     "scale": config.scale_fn,
                     "clamp": config.clamp,
                     "parameterization": config.invconv,
+                    "upsampled": upsampled_channels(config, level),
                 },
                 conditions=[conditions[level - 1], *([noise_maps[level]] if noisy else [])],
                 name=f"L{level}.step{k}",
@@ -105,7 +131,7 @@ def build_flow(config: SRFlowConfig) -> GraphINN:
             x = (split, 0)
     latents.append(OutputNode(x, name=f"L{config.L}.latent"))
     nodes.append(latents[-1])
-    return GraphINN(nodes, force_tuple_output=True)
+    return ConditionalFlow(nodes, force_tuple_output=True)
 
 
 def named_flow_modules(flow: GraphINN) -> dict:
