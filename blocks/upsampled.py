@@ -53,7 +53,12 @@ def sharing_sources() -> Iterator[None]:
 
 
 def split_source(u: Tensor, start: int, factor: int) -> tuple[Tensor, Tensor] | None:
-    """(u[:, :start], nearest_source(u[:, start:], factor)), or None without a source."""
+    """(u[:, :start], nearest_source(u[:, start:], factor)), or None without a source.
+
+    Under torch.compile the channels are taken to be what the caller declared (a
+    data-dependent check cannot be traced): the low-resolution map is read without it."""
+    if torch.compiler.is_compiling():
+        return u[:, :start], u[:, start:, ::factor, ::factor]
     shared = _SHARED.get()
     if shared is None:
         return _split(u, start, factor)

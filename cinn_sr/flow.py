@@ -24,6 +24,7 @@ each condition tensor once per call.
 
 from __future__ import annotations
 
+import torch
 from FrEIA.framework import ConditionNode, GraphINN, InputNode, Node, OutputNode
 
 from cinn_sr.blocks import (
@@ -39,9 +40,12 @@ from cinn_sr.presets import SRFlowConfig
 
 
 class ConditionalFlow(GraphINN):
-    """A GraphINN whose blocks share the split of each condition tensor during a call."""
+    """A GraphINN whose blocks share the split of each condition tensor during a call
+    (under torch.compile there is no check to share: see `upsampled.split_source`)."""
 
     def forward(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return super().forward(*args, **kwargs)
         with sharing_sources():
             return super().forward(*args, **kwargs)
 

@@ -33,6 +33,7 @@ def _samples(model, lr, n):
     return model.sample(lr, 0.9, n=n, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.filterwarnings("error:torch.compile of the flow failed")
 def test_compiled_flow_matches_eager_in_both_directions_and_gradients():
     plain, fast, lr, hr = _pair()
     assert compile_flow(fast, backend="eager", fullgraph=True)
