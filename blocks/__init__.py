@@ -9,6 +9,7 @@ from .affine import SCALE_FUNCTIONS, AffineInjector, ConditionalAffineCoupling, 
 from .condition_cache import ConditionCache
 from .flow_step import ConditionalFlowStep, TransitionStep
 from .invconv import InvConv1x1, random_rotation
+from .memory_saving import DriftWarning, MemorySavingFlow
 from .split import PriorSplit
 from .squeeze import Squeeze, squeeze2d, unsqueeze2d
 from .subnet import ConvActNorm, Subnet, ZeroConv2d, subnet
@@ -22,7 +23,9 @@ __all__ = [
     "ConditionalAffineCoupling",
     "ConditionalFlowStep",
     "ConvActNorm",
+    "DriftWarning",
     "InvConv1x1",
+    "MemorySavingFlow",
     "PriorSplit",
     "Squeeze",
     "Subnet",

@@ -21,14 +21,16 @@ Data-dependent initialisation: while any module is uninitialised (`is_initialize
 or FrEIA's `init_on_next_batch`), or under no_grad, the graph runs as usual.
 
 Drift guard: reconstruction loses precision where a block contracts strongly (an affine
-scale near its floor of 1e-4, an ill-conditioned 1x1 conv). Every node's input is
-fingerprinted in the forward (every `SAMPLE_STRIDE`-th entry, about 1 % of its size); in
-the backward the reconstructed input is compared with that fingerprint, and the re-run
-forward with the output it must reproduce. Where either relative error (max |difference| /
-max |reference|) exceeds `tolerance` (default 1000 x the dtype's eps: 1.2e-4 in float32),
-the node's exact input is recomputed by a no-grad forward from the graph inputs, its
-gradients come from that, a `DriftWarning` names it, and its input is stored in every later
-forward (`keep`): gradients are never silently computed from a drifted input.
+scale near its floor of 1e-4, an ill-conditioned 1x1 conv), and errors grow from node to
+node. Every node's input is fingerprinted in the forward (`PROBES` random projections and
+the norm per sample: a few numbers, whatever its size); in the backward the fingerprint of
+the reconstructed input gives its relative error ||x_rec - x|| / ||x|| (wherever the error
+lies), and the re-run forward is compared with the output it must reproduce (max |error| /
+max |output|). Where either exceeds `tolerance` (`TOLERANCES`: 1e-5 in float32, 1e-10 in
+float64), the node's exact input is recomputed by a no-grad forward from the graph inputs,
+its gradients come from that, a `DriftWarning` names it, and its input is stored in every
+later forward (`keep`), so that errors start from zero again there: gradients are never
+computed from a drifted input, and only the nodes that need it cost memory.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ import torch
 from FrEIA.framework import GraphINN
 from torch import Tensor
 
-SAMPLE_STRIDE = 97
-"""Every this many entries of a node's input are kept to check its reconstruction."""
-TOLERANCE_EPS = 1000.0
-"""The default drift tolerance in units of the dtype's machine epsilon."""
+PROBES = 4
+"""Random projections per sample in a node input's fingerprint."""
+TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5}
+"""The default drift tolerance per dtype (1e-2 for the others)."""
 
 
 class DriftWarning(UserWarning):
@@ -63,19 +65,33 @@ def relative_error(value: Tensor, reference: Tensor) -> float:
     return float((value - reference).abs().max() / scale)
 
 
-def _drift(values: list[Tensor], references: list[Tensor]) -> float:
-    return max(relative_error(v, r) for v, r in zip(values, references, strict=True))
+def fingerprint(x: Tensor) -> Tensor:
+    """[B, PROBES + 1] float64: each sample's projections on `PROBES` fixed random rank-one
+    directions (channels x the rest, seeded by the shape) and its norm."""
+    flat = x.detach().reshape(x.shape[0], x.shape[1] if x.dim() > 1 else 1, -1).double()
+    generator = torch.Generator().manual_seed(flat.shape[1] * 1_000_003 + flat.shape[2])
+    across = torch.randn(flat.shape[1], PROBES, generator=generator, dtype=torch.float64)
+    along = torch.randn(flat.shape[2], PROBES, generator=generator, dtype=torch.float64)
+    projections = ((flat @ along.to(flat.device)) * across.to(flat.device)).sum(1)
+    return torch.cat([projections, flat.flatten(1).norm(dim=1, keepdim=True)], 1)
 
 
-def _fingerprint(x: Tensor) -> Tensor:
-    return x.detach().reshape(-1)[::SAMPLE_STRIDE].clone()
+def fingerprint_error(value: Tensor, reference: Tensor) -> float:
+    """max over samples and probes of |projection difference| / norm of the reference: an
+    estimate of ||x - x_reference|| / ||x_reference||, wherever the difference lies."""
+    norm = reference[:, -1:].clamp_min(torch.finfo(torch.float64).tiny)
+    return float(((value[:, :-1] - reference[:, :-1]).abs() / norm).max())
+
+
+def _drift(errors) -> float:
+    return max(errors, default=0.0)
 
 
 class MemorySavingFlow:
     """Runs `graph` forward with memory-saving backprop (see the module docstring).
 
     `keep` holds the names of the nodes whose inputs are stored (those that drifted);
-    `tolerance` None means 1000 x eps of the inputs' dtype.
+    `tolerance` None means the inputs' dtype's entry of `TOLERANCES`.
     """
 
     def __init__(self, graph: GraphINN, tolerance: float | None = None) -> None:
@@ -119,7 +135,7 @@ class MemorySavingFlow:
         fingerprints, kept = {}, {}
         for node in self.nodes:
             x = [values.pop(key) for key in node.inputs]
-            fingerprints[node] = [_fingerprint(t) for t in x]
+            fingerprints[node] = [fingerprint(t) for t in x]
             if node.name in self.keep:
                 kept[node] = x
             out, node_logdet = self._call(node, x, conds)
@@ -145,7 +161,7 @@ class MemorySavingFlow:
         inputs, conditions, outputs, fingerprints, kept = saved
         tolerance = self.tolerance
         if tolerance is None:
-            tolerance = TOLERANCE_EPS * torch.finfo(inputs[0].dtype).eps
+            tolerance = TOLERANCES.get(inputs[0].dtype, 1e-2)
         values, grads = {}, {}
         for out_node, y, g in zip(self.graph.out_nodes, outputs, grad_outputs, strict=True):
             values[out_node.inputs[0]], grads[out_node.inputs[0]] = y, g
@@ -164,10 +180,12 @@ class MemorySavingFlow:
                 with torch.no_grad():
                     x = list(self._call(node, y, conds, rev=True)[0])
                 exact = False
-            drift = 0.0 if exact else _drift([_fingerprint(t) for t in x], fingerprints[node])
+            drift = 0.0 if exact else _drift(fingerprint_error(fingerprint(t), f)
+                                             for t, f in zip(x, fingerprints[node], strict=True))
             x, out, node_logdet = self._rerun(node, x, conds)
             if not exact:
-                drift = max(drift, _drift([o.detach() for o in out], y))
+                drift = max(drift, _drift(relative_error(o.detach(), t)
+                                          for o, t in zip(out, y, strict=True)))
             if drift > tolerance:
                 self._report(node, drift, tolerance)
                 x = self.exact_inputs(node, inputs, conditions)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import GAUSSIAN_NOISE_SIGMA, TrainConfig
 from cinn_sr.loop import Task
+from cinn_sr.memory import set_memory_saving
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
 from cinn_sr.validation import (
@@ -108,6 +109,7 @@ def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None)
     """The flow-training task: objective, the paper's recipe, validation, checkpointing."""
     from cinn_sr.fastpath import compile_flow
 
+    set_memory_saving(model, config.memory_saving)
     objective = FlowObjective(
         model, config.noise, config.encoder_bf16 and next(model.parameters()).is_cuda
     )
