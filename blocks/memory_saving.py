@@ -10,7 +10,8 @@ of the nodes' activations for the backward pass (the i-RevNet / memcnn idea):
   output with `module(out, c, rev=True)`, the node's forward is re-run on it with grad, and
   `torch.autograd.grad` gives the gradients w.r.t. its input, its conditions and its
   parameters from those of its outputs and of the log-det. At any time the activations of
-  one node are held, whatever the depth of the graph.
+  one node are held, whatever the depth of the graph. Blocks that support a
+  `ConditionCache` compute their condition-only terms once for the inverse and the re-run.
 
 The graph runs as one autograd Function whose inputs include every parameter that requires
 grad, so parameter gradients are accumulated by autograd itself (DistributedDataParallel's
@@ -40,6 +41,8 @@ import warnings
 import torch
 from FrEIA.framework import GraphINN
 from torch import Tensor
+
+from .condition_cache import ConditionCache
 
 PROBES = 4
 """Random projections per sample in a node input's fingerprint."""
@@ -98,6 +101,8 @@ class MemorySavingFlow:
         self.graph, self.tolerance = graph, tolerance
         special = {*graph.in_nodes, *graph.out_nodes, *graph.condition_nodes}
         self.nodes = [node for node in graph.node_list if node not in special]
+        self.caching = {node for node in self.nodes
+                        if any(hasattr(m, "condition_cache") for m in node.module.modules())}
         self.keep: set[str] = set()
 
     def __call__(self, x_or_z, c=None, jac: bool = True) -> tuple[tuple[Tensor, ...], Tensor]:
@@ -177,19 +182,21 @@ class MemorySavingFlow:
             elif all(key in true_inputs for key in node.inputs):
                 x, exact = [true_inputs[key] for key in node.inputs], True
             else:
-                with torch.no_grad():
-                    x = list(self._call(node, y, conds, rev=True)[0])
-                exact = False
-            drift = 0.0 if exact else _drift(fingerprint_error(fingerprint(t), f)
-                                             for t, f in zip(x, fingerprints[node], strict=True))
-            x, out, node_logdet = self._rerun(node, x, conds)
-            if not exact:
-                drift = max(drift, _drift(relative_error(o.detach(), t)
-                                          for o, t in zip(out, y, strict=True)))
-            if drift > tolerance:
-                self._report(node, drift, tolerance)
-                x = self.exact_inputs(node, inputs, conditions)
+                x, exact = None, False
+            with ConditionCache().active(node.module):
+                if not exact:
+                    x = self._reconstruct(node, y, conds)
+                drift = 0.0 if exact else _drift(
+                    fingerprint_error(fingerprint(t), f)
+                    for t, f in zip(x, fingerprints[node], strict=True))
                 x, out, node_logdet = self._rerun(node, x, conds)
+                if not exact:
+                    drift = max(drift, _drift(relative_error(o.detach(), t)
+                                              for o, t in zip(out, y, strict=True)))
+                if drift > tolerance:
+                    self._report(node, drift, tolerance)
+                    x = self.exact_inputs(node, inputs, conditions)
+                    x, out, node_logdet = self._rerun(node, x, conds)
             node_conds = [conds[n] for n in node.conditions if conds[n].requires_grad]
             params = [p for p in node.module.parameters() if p.requires_grad]
             gx, gc, gp = _node_gradients(out, g, node_logdet, grad_logdet, x, node_conds, params)
@@ -207,6 +214,13 @@ class MemorySavingFlow:
                        for node, need in zip(self.graph.in_nodes, needs_input_grad, strict=True)]
         grad_conditions = [conds[node].grad for node in self.graph.condition_nodes]
         return grad_inputs, grad_conditions, param_grads
+
+    def _reconstruct(self, node, y, conds) -> list[Tensor]:
+        """The node's input from its output. A node with condition-cache support runs its
+        inverse under grad, so that the re-run reuses its condition terms, graph and all."""
+        with torch.set_grad_enabled(node in self.caching):
+            x = self._call(node, y, conds, rev=True)[0]
+        return [t.detach() for t in x]
 
     def _rerun(self, node, x, conds):
         """The node's forward with grad on detached copies of `x`: (x, outputs, logdet)."""
