@@ -9,9 +9,11 @@ div2k-4x, the encoder trained (as the official code does): peak RSS and the medi
 for each batch of `--batches` and each of the three codes; then the peak RSS of both cinn-sr
 modes for each K of `--ks` at batch `--k-batch`. Every configuration runs in a fresh process
 (the official one through its harness, `--config full --phases train`), so each peak RSS is
-its own. `--no-official` leaves the official code out. Prints one JSON report with the
-ratios the memory-saving option is judged by: peak RSS against the official code's, and step
-time against cinn-sr standard's.
+its own; since the load of a shared machine changes between processes, the two cinn-sr
+modes' step times are also taken alternated in one process (`--interleaved B`), the
+figure to read for their ratio. `--no-official` leaves the official code out. Prints one
+JSON report with the ratios the memory-saving option is judged by: peak RSS against the
+official code's, and step time against cinn-sr standard's.
 """
 
 from __future__ import annotations
@@ -33,10 +35,32 @@ def log(message: str) -> None:
     print(f"[bench_memory {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def step_fn(model, batch: int, hr_size: int):
+    """One training step as the training loop (and the official code) takes it: zero the
+    gradients, NLL of the Gaussian-dequantised batch, backward, Adam."""
+    import torch
+    from bench import synthetic
+
+    from cinn_sr.config import GAUSSIAN_NOISE_SIGMA
+
+    hr = synthetic(batch, hr_size, torch.Generator().manual_seed(1))
+    lr = torch.nn.functional.interpolate(hr, scale_factor=1 / model.config.scale,
+                                         mode="bicubic", antialias=True).clamp(0, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4, betas=(0.9, 0.99))
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model.nll(lr, hr + torch.randn_like(hr) * GAUSSIAN_NOISE_SIGMA).mean().backward()
+        optimizer.step()
+
+    return step
+
+
 def run_ours(job: dict) -> dict:
     """One cinn-sr configuration, in this (child) process."""
     import torch
-    from bench import build_model, timed, train_step_fn
+    from bench import build_model, timed
 
     from cinn_sr.memory import set_memory_saving
 
@@ -44,12 +68,42 @@ def run_ours(job: dict) -> dict:
     device = torch.device("cpu")
     model = build_model("div2k-4x", device, K=job["K"])
     set_memory_saving(model, job["mode"] == "memory_saving")
-    step = train_step_fn(model, job["batch"], job["hr"], device)
+    step = step_fn(model, job["batch"], job["hr"])
     rss_before = current_rss_mb()
     times = timed(step, job["runs"], job["warmup"], device)
     return {"median_s_per_step": round(median(times), 3), "times_s": [round(t, 3) for t in times],
             "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(),
             "kept_inputs": sorted(model.memory_saving.keep) if model.memory_saving else None}
+
+
+def run_interleaved(job: dict) -> dict:
+    """Step times of both cinn-sr modes on one model, alternated (load that changes over
+    time affects both alike)."""
+    import torch
+    from bench import build_model, interleaved
+
+    from cinn_sr.blocks import MemorySavingFlow
+
+    torch.set_num_threads(job["threads"])
+    device = torch.device("cpu")
+    model = build_model("div2k-4x", device, K=job["K"])
+    step = step_fn(model, job["batch"], job["hr"])
+    runner = MemorySavingFlow(model.flow)
+
+    def mode(on: bool):
+        def run():
+            model.memory_saving, model.encoder.checkpoint_trunk = (runner if on else None), on
+            step()
+        return run
+
+    times = interleaved({m: mode(m == "memory_saving") for m in MODES}, job["runs"],
+                        job["warmup"], device)
+    result = {m: {"median_s_per_step": round(median(t), 3), "times_s": [round(x, 3) for x in t]}
+              for m, t in times.items()}
+    result["memory_saving_time_vs_standard"] = round(
+        median(times["memory_saving"]) / median(times["standard"]), 3)
+    result["kept_inputs"] = sorted(runner.keep)
+    return result
 
 
 def child(args, job: dict) -> dict:
@@ -99,6 +153,9 @@ def main() -> None:
     p.add_argument("--batches", default="2,12", help="batches of the side-by-side part")
     p.add_argument("--ks", default="4,8,16", help="K values of the memory-vs-depth part")
     p.add_argument("--k-batch", type=int, default=2, help="batch of the memory-vs-depth part")
+    p.add_argument("--interleaved", type=int, default=2,
+                   help="batch of the step-time comparison of both cinn-sr modes alternated "
+                   "in one process (0: none)")
     p.add_argument("--hr", type=int, default=160, help="HR patch size (LR = HR / 4)")
     p.add_argument("--runs", type=int, default=2, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -109,7 +166,8 @@ def main() -> None:
     args = p.parse_args()
     if args._job:
         with open(args._result, "w") as f:
-            json.dump(run_ours(json.loads(args._job)), f)
+            job = json.loads(args._job)
+            json.dump((run_interleaved if job["mode"] == "interleaved" else run_ours)(job), f)
         return
     if not args.no_official and not args.harness:
         p.error("--harness is required (or --no-official)")
@@ -147,6 +205,10 @@ def main() -> None:
         report["depth"][str(k)] = {mode: row[mode].get("peak_rss_mb") for mode in MODES}
         if args.out:
             write_atomic(args.out, json.dumps(report, indent=1))
+    if args.interleaved:
+        job = {**base, "batch": args.interleaved, "K": 16, "mode": "interleaved"}
+        report["interleaved"] = measure(args, f"interleaved B={args.interleaved}",
+                                        lambda: child(args, job))
     report["load_average_end"] = load_average()
     text = json.dumps(report, indent=1)
     print(text)

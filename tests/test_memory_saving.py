@@ -17,7 +17,7 @@ from flow_helpers import randomise_output_layers
 from torch import nn
 
 from cinn_sr.blocks import DriftWarning, MemorySavingFlow
-from cinn_sr.config import TrainConfig, read_toml, resolve, write_toml
+from cinn_sr.config import ConfigError, TrainConfig, read_toml, resolve, write_toml
 from cinn_sr.driver import train
 from cinn_sr.memory import set_memory_saving
 from cinn_sr.model import SRFlow
@@ -178,6 +178,26 @@ def test_drift_guard_recovers_from_an_ill_conditioned_block():
         assert flow.keep == {"L2.step1"}
         actual = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         assert_same_gradients({k: v for k, v in expected.items() if k in actual}, actual, 1e-4)
+
+
+def test_a_frozen_encoder_gives_conditions_without_grad():
+    model = random_model("tiny-4x", 8, torch.float32)
+    lr, hr = pair(model.config, 8)
+    with torch.no_grad():
+        cond = model.condition(lr)
+    grads = []
+    for memory_saving in (False, True):
+        set_memory_saving(model, memory_saving)
+        model.zero_grad(set_to_none=True)
+        model.nll(lr, hr, cond=cond).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert all(n.startswith("flow.") for n in grads[0])
+    assert_same_gradients(*grads, 1e-4)
+
+
+def test_memory_saving_does_not_combine_with_compile():
+    with pytest.raises(ConfigError, match="compile"):
+        resolve(TrainConfig, cli={"memory_saving": True, "compile": True})
 
 
 def test_memory_saving_is_used_only_under_grad():
