@@ -86,7 +86,11 @@ def test_div2k_4x_gradients_equal_standard_backprop():
     model = random_model("div2k-4x", 4, torch.float32)
     lr, hr = pair(model.config, 4)
     _, expected = gradients(model, lr, hr, memory_saving=False)
-    _, actual = gradients(model, lr, hr, memory_saving=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DriftWarning)
+        _, actual = gradients(model, lr, hr, memory_saving=True)
+    drifted = [w for w in caught if issubclass(w.category, DriftWarning)]
+    assert len(drifted) <= 5  # the guard stores the inputs of a few nodes of this 54-node flow
     assert_same_gradients(expected, actual, TOLERANCE[torch.float32])
 
 
@@ -135,13 +139,14 @@ def test_a_generic_freia_graph_with_a_split_and_conditions():
         z, logdet = forward(inputs[0], c=inputs[1:])
         loss = sum((zi**2).sum() for zi in z) * 0.5 - logdet.sum()
         loss.backward()
-        return loss, [t.grad.clone() for t in inputs] + [p.grad for p in graph.parameters()]
+        return float(loss.detach()), [t.grad.clone() for t in inputs] + [
+            p.grad for p in graph.parameters()]
 
-    first, grads_first = run(flow)  # uninitialised ActNorm: the standard path, which inits it
+    run(flow)  # uninitialised ActNorm: the standard path, which inits it
     assert not graph.module_list[1].init_on_next_batch
     loss, expected = run(graph)
     again, actual = run(flow)
-    assert float(again) == pytest.approx(float(loss), rel=1e-12)
+    assert again == pytest.approx(loss, rel=1e-12)
     assert [g is None for g in actual] == [g is None for g in expected]
     assert sum(g is not None for g in actual) > len(inputs) + 10
     for e, a in zip(expected, actual, strict=True):
