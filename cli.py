@@ -536,6 +536,9 @@ def _run_training(kind: str, data, config_file, resume, options: dict) -> None:
               "step 0.")
 @click.option("--compile/--no-compile", default=None,
               help="Run the flow through torch.compile after the ActNorm initialisation.")
+@click.option("--memory-saving/--no-memory-saving", default=None,
+              help="Backpropagate through the flow by inversion and checkpoint the encoder: "
+              "the same gradients, memory flat in depth, slower [default: off].")
 def train_command(data, config_file, resume, **options) -> None:
     """Train SRFlow by maximum likelihood on PATCHES.h5 (default: the packed sample photos,
     tiny-4x)."""

@@ -17,6 +17,7 @@ from .flow_step import (
     TransitionStep,
 )
 from .invconv import InvConv1x1, random_rotation
+from .memory_saving import DriftWarning, MemorySavingFlow
 from .split import PriorSplit
 from .squeeze import Squeeze, squeeze2d, unsqueeze2d
 from .subnet import (
@@ -41,8 +42,10 @@ __all__ = [
     "ConditionalAffineCoupling",
     "ConditionalFlowStep",
     "ConvActNorm",
+    "DriftWarning",
     "FlowStep",
     "InvConv1x1",
+    "MemorySavingFlow",
     "PriorSplit",
     "SplittableSubnet",
     "Squeeze",

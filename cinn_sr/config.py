@@ -122,6 +122,9 @@ class TrainConfig(RunConfig):
     step 0 with a fresh optimizer."""
     compile: bool = False
     """Run the flow through torch.compile (after the ActNorm initialisation)."""
+    memory_saving: bool = False
+    """Backpropagate through the flow by inversion and checkpoint the encoder trunk
+    (`cinn_sr.memory`): the same gradients, with activation memory flat in depth."""
 
 
 @dataclass
@@ -299,6 +302,8 @@ def _validate(config: RunConfig, sources: Mapping[str, str]) -> None:
             fail("lr_milestones", "must be increasing fractions in (0, 1)")
         if not 0 < config.lr_gamma <= 1:
             fail("lr_gamma", "must be in (0, 1]")
+        if config.compile and config.memory_saving:
+            fail("compile", "cannot be combined with memory_saving (it runs the flow node by node)")
         if config.init is not None and config.encoder is not None:
             fail("encoder", "cannot be combined with init (the whole model, encoder included)")
     if isinstance(config, PretrainConfig):

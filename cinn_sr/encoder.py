@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cinn_sr.presets import SRFlowConfig
 
@@ -57,6 +58,10 @@ class RRDBEncoder(nn.Module):
     outputs, nearest-resized to the level's resolution, follow the base feature along
     channels. Only the upsampling convs the levels need are run. `sr(lr)` is the full
     ESRGAN output (through `HRconv` and `conv_last`), used for L1 pre-training only.
+
+    With `checkpoint_trunk` set, each RRDB block of the trunk is a gradient-checkpointed
+    segment while grad is enabled (its activations are recomputed in the backward pass), so
+    only the blocks' outputs are stored.
     """
 
     def __init__(self, config: SRFlowConfig) -> None:
@@ -70,14 +75,16 @@ class RRDBEncoder(nn.Module):
             setattr(self, f"upconv{i}", nn.Conv2d(nf, nf, 3, 1, 1))
         self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_last = nn.Conv2d(nf, config.in_channels, 3, 1, 1)
+        self.checkpoint_trunk = False
 
     def _trunk(self, lr: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The LR feature `skip + trunk_conv(fea)` (fea: last block output; skip: fea, or the
         conv_first output with rrdb_skip="input") and the stacked trunk block outputs."""
         first = fea = self.conv_first(lr)
         block_outputs = {}
+        checkpointed = self.checkpoint_trunk and torch.is_grad_enabled()
         for idx, block in enumerate(self.RRDB_trunk):
-            fea = block(fea)
+            fea = checkpoint(block, fea, use_reentrant=False) if checkpointed else block(fea)
             if idx in self.config.stack_blocks:
                 block_outputs[idx] = fea
         stacked = [block_outputs[idx] for idx in self.config.stack_blocks]

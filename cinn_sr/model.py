@@ -214,7 +214,10 @@ class SRFlow(nn.Module):
         pad_h, pad_w = self._lr_padding(lr)
         s = self.config.scale
         hr = _pad(hr, pad_h * s, pad_w * s)
-        latents, logdet = self.flow(hr, c=self._condition(lr, cond), jac=jac)
+        flow = getattr(self, "memory_saving", None)  # `cinn_sr.memory`
+        if flow is None or not torch.is_grad_enabled():
+            flow = self.flow
+        latents, logdet = flow(hr, c=self._condition(lr, cond), jac=jac)
         return list(latents), logdet
 
     def nll(self, lr: Tensor, hr: Tensor, cond: list[Tensor] | None = None) -> Tensor:

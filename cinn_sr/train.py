@@ -23,6 +23,7 @@ from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import GAUSSIAN_NOISE_SIGMA, TrainConfig
 from cinn_sr.datasets import OptionError, imresize
 from cinn_sr.loop import Task
+from cinn_sr.memory import set_memory_saving
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
 from cinn_sr.validation import (
@@ -143,6 +144,7 @@ def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None)
     if config.noise_max_std > 0 and not model.config.noise_levels:
         raise OptionError("noise_max_std (NCSR's training noise) needs a model with noise "
                           "couplings: an ncsr preset or [model] noise_steps")
+    set_memory_saving(model, config.memory_saving)
     objective = FlowObjective(
         model, config.noise, config.encoder_bf16 and next(model.parameters()).is_cuda,
         config.noise_max_std,
