@@ -23,7 +23,6 @@ before each step; the official model is the harness's, with the same batch (synt
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -31,16 +30,11 @@ import statistics
 import sys
 import time
 
+from compare_official import alternate, load_harness
+
 
 def log(message: str) -> None:
     print(f"[bench_step {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def load_harness(path: str):
-    spec = importlib.util.spec_from_file_location("official_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ours_steps(model, lr, hr, torch) -> dict:
@@ -65,19 +59,6 @@ def ours_steps(model, lr, hr, torch) -> dict:
 
     return {"plain": variant(False, False), "fast": variant(True, False),
             "fast-frozen": variant(True, True)}
-
-
-def alternate(variants: dict, runs: int, warmup: int) -> dict:
-    times = {name: [] for name in variants}
-    for i in range(warmup + runs):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if i >= warmup:
-                times[name].append(dt)
-            log(f"{name}: {'warm-up' if i < warmup else 'run'} {dt:.2f} s")
-    return times
 
 
 def figures(times: dict) -> dict:
@@ -132,7 +113,7 @@ def main() -> None:
 
         variants = {"official": official_step, **ours_steps(model, lr, hr, torch)}
         report["results"][f"train:b{batch}"] = figures(alternate(variants, args.runs,
-                                                                 args.warmup))
+                                                                 args.warmup, log))
         log(json.dumps(report["results"][f"train:b{batch}"]))
         del official, model
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

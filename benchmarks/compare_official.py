@@ -47,7 +47,8 @@ def load_harness(path: str):
     return module
 
 
-def alternate(variants: dict, runs: int, warmup: int) -> dict:
+def alternate(variants: dict, runs: int, warmup: int, log=log) -> dict:
+    """{name: step times} of the variants run in turn, `warmup` untimed rounds first."""
     times = {name: [] for name in variants}
     for i in range(warmup + runs):
         for name, fn in variants.items():
