@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from .condition_cache import condition_term
 from .shapes import check_conditions, check_image_input, samples_per_condition
-from .subnet import SplittableSubnet, UpsampledInputSubnet, low_resolution_first_layer, subnet
+from .subnet import SplittableSubnet, UpsampledInputSubnet, first_layer_term, subnet
 
 SubnetConstructor = Callable[[int, int], nn.Module]
 
@@ -88,8 +88,12 @@ def _build_subnet(constructor: SubnetConstructor | None, hidden: int, c_in: int,
     return (constructor or partial(subnet, hidden=hidden))(c_in, c_out)
 
 
-def _run_subnet(net: nn.Module, x: Tensor, allow_init: bool) -> Tensor:
-    """net(x), with `allow_init` for a `SplittableSubnet` (other subnets take x alone)."""
+def _run_subnet(net: nn.Module, x: Tensor, allow_init: bool,
+                upsampled: tuple[int, int] | None = None) -> Tensor:
+    """net(x), with `allow_init` for a `SplittableSubnet` and `upsampled` for an
+    `UpsampledInputSubnet` (other subnets take x alone)."""
+    if upsampled is not None and isinstance(net, UpsampledInputSubnet):
+        return net(x, allow_init=allow_init, upsampled=upsampled)
     return net(x, allow_init=allow_init) if isinstance(net, SplittableSubnet) else net(x)
 
 
@@ -131,10 +135,7 @@ class AffineInjector(InvertibleModule):
         self.condition_cache = None
 
     def _shift_and_scale(self, u: Tensor, allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
-        net = self.subnet
-        h = (net(u, allow_init=allow_init, upsampled=self.upsampled)
-             if self.upsampled is not None and isinstance(net, UpsampledInputSubnet)
-             else _run_subnet(net, u, allow_init))
+        h = _run_subnet(self.subnet, u, allow_init, self.upsampled)
         return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
@@ -176,10 +177,7 @@ class ConditionalAffineCoupling(InvertibleModule):
 
     def _condition_part(self, u: Tensor) -> Tensor:
         """The subnet's first-layer response to the condition channels (with its bias)."""
-        term = low_resolution_first_layer(self.subnet, u, self.passive_channels, self.upsampled)
-        if term is None:
-            term = self.subnet.first_layer(u, self.passive_channels, bias=True)
-        return term
+        return first_layer_term(self.subnet, u, self.passive_channels, self.upsampled)
 
     def _subnet_output(self, x_a: Tensor, u: Tensor, n: int, allow_init: bool) -> Tensor:
         net = self.subnet

@@ -116,18 +116,17 @@ class UpsampledInputSubnet(SplittableSubnet, Protocol):
                               bias: bool = False) -> Tensor: ...
 
 
-def low_resolution_first_layer(net: nn.Module, u: Tensor, start: int,
-                               upsampled: tuple[int, int] | None) -> Tensor | None:
-    """`net.first_layer(u, start, bias=True)` with u's channels from upsampled[0] on taken at
-    their low resolution (`upsampled.split_source`); None unless they are a nearest
-    upsampling by upsampled[1] and `net` is an `UpsampledInputSubnet`."""
-    if upsampled is None or not isinstance(net, UpsampledInputSubnet):
-        return None
-    split, factor = upsampled
-    parts = split_source(u, split, factor)
+def first_layer_term(net: SplittableSubnet, u: Tensor, start: int,
+                     upsampled: tuple[int, int] | None = None) -> Tensor:
+    """`net.first_layer(u, start, bias=True)`; u's channels from upsampled[0] on are taken at
+    their low resolution (`upsampled.split_source`) where they are a nearest upsampling by
+    upsampled[1] and `net` is an `UpsampledInputSubnet`."""
+    parts = None
+    if upsampled is not None and isinstance(net, UpsampledInputSubnet):
+        parts = split_source(u, *upsampled)
     if parts is None:
-        return None
-    head, low = parts
+        return net.first_layer(u, start, bias=True)
+    (split, factor), (head, low) = upsampled, parts
     term = net.first_layer_upsampled(low, start + split, factor, bias=True)
     return term + net.first_layer(head, start) if split else term
 
@@ -142,8 +141,7 @@ class Subnet(nn.Sequential):
 
     def forward(self, x: Tensor, allow_init: bool = True,
                 upsampled: tuple[int, int] | None = None) -> Tensor:
-        h = low_resolution_first_layer(self, x, 0, upsampled)
-        return self.finish(self.first_layer(x, 0, bias=True) if h is None else h, allow_init)
+        return self.finish(first_layer_term(self, x, 0, upsampled), allow_init)
 
     def first_layer(self, x: Tensor, start: int, bias: bool = False) -> Tensor:
         """Layer 0 on input channels start .. start + C of x: its folded conv (with the folded
