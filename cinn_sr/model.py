@@ -79,6 +79,9 @@ class SRFlow(nn.Module):
         self.config = config
         self.encoder = RRDBEncoder(config)
         self.flow = build_flow(config)
+        self.memory_saving = None
+        """The flow's memory-saving runner while `cinn_sr.memory` has it switched on (it runs
+        the plain flow itself without grad)."""
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> SRFlow:
@@ -214,9 +217,7 @@ class SRFlow(nn.Module):
         pad_h, pad_w = self._lr_padding(lr)
         s = self.config.scale
         hr = _pad(hr, pad_h * s, pad_w * s)
-        flow = getattr(self, "memory_saving", None)  # `cinn_sr.memory`
-        if flow is None or not torch.is_grad_enabled():
-            flow = self.flow
+        flow = self.flow if self.memory_saving is None else self.memory_saving
         latents, logdet = flow(hr, c=self._condition(lr, cond), jac=jac)
         return list(latents), logdet
 
