@@ -34,6 +34,18 @@ ESRGAN_INPUT_SEED = 8
 ESRGAN_LR_HW = [4, 6]
 
 
+def shapes_of(module: torch.nn.Module) -> dict[str, list[int]]:
+    """{key: shape} of a module's state dict, in its order (what the key lists record)."""
+    return {k: list(v.shape) for k, v in module.state_dict().items()}
+
+
+def mark_actnorms_initialised(net: torch.nn.Module) -> None:
+    """Mark a reference network's ActNorms (`inited`) as initialised, as loaded weights are."""
+    for m in net.modules():
+        if hasattr(m, "inited"):
+            m.inited = True
+
+
 def official_keys() -> dict[str, dict[str, list[int]]]:
     """{layout name: {key: shape}} recorded from the reference code and BasicSR."""
     return json.loads((DATA / "official_keys.json").read_text())

@@ -57,20 +57,10 @@ def build_srflow(cfg: dict):
     return net.eval()
 
 
-def shapes_of(module: torch.nn.Module) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in module.state_dict().items()}
-
-
-def mark_actnorms_initialised(net: torch.nn.Module) -> None:
-    for m in net.modules():
-        if hasattr(m, "inited"):
-            m.inited = True
-
-
 def srflow_outputs(name: str, cfg: dict, shapes: dict, out: dict) -> None:
     net = build_srflow(cfg)
     net.load_state_dict(recipe.fill(shapes, cfg["weights_seed"]))
-    mark_actnorms_initialised(net)
+    recipe.mark_actnorms_initialised(net)
     lr, hr = recipe.inputs(cfg["scale"], cfg["lr_hw"], cfg["inputs_seed"])
     with torch.no_grad():
         epses, nll, _ = net(gt=hr, lr=lr, reverse=False, epses=[], add_gt_noise=False)
@@ -156,12 +146,12 @@ def main(srflow_code: str, arch_dir: str) -> None:
     import esrgan_arch
 
     torch.manual_seed(0)
-    keys = {name: shapes_of(build_srflow(cfg)) for name, cfg in FULL_CONFIGS.items()}
+    keys = {name: recipe.shapes_of(build_srflow(cfg)) for name, cfg in FULL_CONFIGS.items()}
     for name, cfg in recipe.SMALL_CONFIGS.items():
-        keys[name] = shapes_of(build_srflow(cfg))
+        keys[name] = recipe.shapes_of(build_srflow(cfg))
     nb = recipe.SMALL_CONFIGS["small-4x"]["n_rrdb"]
-    keys["esrgan-small"] = shapes_of(esrgan_arch.RRDBNet(3, 3, 64, nb))
-    keys["basicsr-small"] = shapes_of(basicsr_arch.RRDBNet(3, 3, scale=4, num_block=nb))
+    keys["esrgan-small"] = recipe.shapes_of(esrgan_arch.RRDBNet(3, 3, 64, nb))
+    keys["basicsr-small"] = recipe.shapes_of(basicsr_arch.RRDBNet(3, 3, scale=4, num_block=nb))
     (HERE / "official_keys.json").write_text(json.dumps(keys, separators=(",", ":")) + "\n")
 
     out: dict[str, np.ndarray] = {}

@@ -57,16 +57,6 @@ def build_ncsr(cfg: dict):
     return net.eval()
 
 
-def shapes_of(module: torch.nn.Module) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in module.state_dict().items()}
-
-
-def mark_actnorms_initialised(net: torch.nn.Module) -> None:
-    for m in net.modules():
-        if hasattr(m, "inited"):
-            m.inited = True
-
-
 def noise_of(kind: str, hr: torch.Tensor, seed: int) -> torch.Tensor:
     """The `std` argument of NCSRNet: a zero [B, 1, 1, 1] std as NCSR's test code passes, or
     the HR-size 3-channel map."""
@@ -78,7 +68,7 @@ def noise_of(kind: str, hr: torch.Tensor, seed: int) -> torch.Tensor:
 def ncsr_outputs(name: str, cfg: dict, shapes: dict, out: dict) -> None:
     net = build_ncsr(cfg)
     net.load_state_dict(interop_recipe.fill(shapes, cfg["weights_seed"]))
-    mark_actnorms_initialised(net)
+    interop_recipe.mark_actnorms_initialised(net)
     lr, hr = interop_recipe.inputs(cfg["scale"], cfg["lr_hw"], cfg["inputs_seed"])
     for kind in recipe.MAPS:
         std = noise_of(kind, hr, cfg["noise_seed"])
@@ -115,11 +105,11 @@ def main(ncsr_code: str) -> None:
     keys, counts = {}, {}
     for name, cfg in FULL_CONFIGS.items():
         net = build_ncsr(cfg)
-        keys[name] = shapes_of(net)
+        keys[name] = interop_recipe.shapes_of(net)
         counts[name] = (len(keys[name]), sum(p.numel() for p in net.parameters()),
                         len(list(net.parameters())))
     for name, cfg in recipe.SMALL_CONFIGS.items():
-        keys[name] = shapes_of(build_ncsr(cfg))
+        keys[name] = interop_recipe.shapes_of(build_ncsr(cfg))
     (HERE / "ncsr_keys.json").write_text(json.dumps(keys, separators=(",", ":")) + "\n")
 
     out: dict[str, np.ndarray] = {}
