@@ -11,7 +11,8 @@ of the nodes' activations for the backward pass (the i-RevNet / memcnn idea):
   `torch.autograd.grad` gives the gradients w.r.t. its input, its conditions and its
   parameters from those of its outputs and of the log-det. At any time the activations of
   one node are held, whatever the depth of the graph. Blocks that support a
-  `ConditionCache` compute their condition-only terms once for the inverse and the re-run.
+  `ConditionCache` compute their condition-only terms once for the inverse and the re-run,
+  and each pass splits an upsampled condition once for all its blocks (`sharing_sources`).
 
 The graph runs as one autograd Function whose inputs include every parameter that requires
 grad, so parameter gradients are accumulated by autograd itself (DistributedDataParallel's
@@ -43,6 +44,7 @@ from FrEIA.framework import GraphINN
 from torch import Tensor
 
 from .condition_cache import ConditionCache
+from .upsampled import sharing_sources
 
 PROBES = 4
 """Random projections per sample in a node input's fingerprint."""
@@ -133,6 +135,7 @@ class MemorySavingFlow:
         return values, dict(zip(self.graph.condition_nodes, conditions, strict=True))
 
     @torch.no_grad()
+    @sharing_sources()
     def forward(self, inputs, conditions):
         """(outputs, logdet, fingerprints, kept inputs) of a no-grad pass."""
         values, conds = self._start(inputs, conditions)
@@ -150,6 +153,7 @@ class MemorySavingFlow:
         return outputs, logdet, fingerprints, kept
 
     @torch.no_grad()
+    @sharing_sources()
     def exact_inputs(self, target, inputs, conditions) -> list[Tensor]:
         """The inputs of node `target`, by a no-grad forward from the graph inputs."""
         values, conds = self._start(inputs, conditions)
@@ -161,6 +165,7 @@ class MemorySavingFlow:
             values.update(((node, i), y) for i, y in enumerate(out))
         raise KeyError(target)
 
+    @sharing_sources()
     def backward(self, saved, grad_outputs, grad_logdet, needs_input_grad, needs_condition_grad):
         """Gradients w.r.t. the graph inputs, the conditions and the parameters."""
         inputs, conditions, outputs, fingerprints, kept = saved

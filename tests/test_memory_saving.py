@@ -5,6 +5,7 @@ the drift guard."""
 import os
 import socket
 import warnings
+from unittest import mock
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from flow_helpers import randomise_output_layers
 from torch import nn
 
-from cinn_sr.blocks import DriftWarning, MemorySavingFlow
+from cinn_sr.blocks import DriftWarning, MemorySavingFlow, upsampled
 from cinn_sr.config import ConfigError, TrainConfig, read_toml, resolve, write_toml
 from cinn_sr.driver import train
 from cinn_sr.memory import set_memory_saving
@@ -216,6 +217,17 @@ def test_memory_saving_is_used_only_under_grad():
         assert torch.equal(model.nll(lr, hr), expected)
     assert model.nll(lr, hr).grad_fn is not None
     assert torch.allclose(model.nll(lr, hr), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "levels"), [("tiny-4x", 1), ("tiny-8x", 2)])
+def test_each_upsampled_condition_is_checked_once_per_pass(name, levels):
+    model = random_model(name, 8, torch.float32)
+    lr, hr = pair(model.config, 8)
+    model.memory_saving = MemorySavingFlow(model.flow, tolerance=1.0)  # no exact re-run
+    with mock.patch("cinn_sr.blocks.upsampled.nearest_source",
+                    wraps=upsampled.nearest_source) as checks:
+        model.nll(lr, hr).sum().backward()
+    assert checks.call_count == 2 * levels  # in the forward pass and in the backward pass
 
 
 def ddp_worker(rank: int, port: int, results: str) -> None:
