@@ -165,16 +165,18 @@ def synthetic(batch: int, size: int, generator):
 
 
 def train_step_fn(model, batch: int, hr_size: int, device):
-    """One training step closure: Gaussian-dequantised NLL, backward, Adam step."""
+    """One training step closure: Gaussian-dequantised NLL, backward, the training loop's
+    Adam step; its `batch` is the (lr, hr) pair it trains on."""
     import torch
 
     from cinn_sr.config import GAUSSIAN_NOISE_SIGMA
+    from cinn_sr.loop import adam
 
     g = torch.Generator().manual_seed(1)
     hr = synthetic(batch, hr_size, g).to(device)
     lr = torch.nn.functional.interpolate(hr, scale_factor=1 / model.config.scale,
                                          mode="bicubic", antialias=True).clamp(0, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4, betas=(0.9, 0.99))
+    optimizer = adam(model.parameters(), lr=2.5e-4, betas=(0.9, 0.99))
     model.train()
 
     def step():
@@ -182,6 +184,8 @@ def train_step_fn(model, batch: int, hr_size: int, device):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    step.batch = lr, hr
 
     return step
 

@@ -35,32 +35,10 @@ def log(message: str) -> None:
     print(f"[bench_memory {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def step_fn(model, batch: int, hr_size: int):
-    """One training step as the training loop (and the official code) takes it: zero the
-    gradients, NLL of the Gaussian-dequantised batch, backward, Adam."""
-    import torch
-    from bench import synthetic
-
-    from cinn_sr.config import GAUSSIAN_NOISE_SIGMA
-
-    hr = synthetic(batch, hr_size, torch.Generator().manual_seed(1))
-    lr = torch.nn.functional.interpolate(hr, scale_factor=1 / model.config.scale,
-                                         mode="bicubic", antialias=True).clamp(0, 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4, betas=(0.9, 0.99))
-    model.train()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model.nll(lr, hr + torch.randn_like(hr) * GAUSSIAN_NOISE_SIGMA).mean().backward()
-        optimizer.step()
-
-    return step
-
-
 def run_ours(job: dict) -> dict:
     """One cinn-sr configuration, in this (child) process."""
     import torch
-    from bench import build_model, timed
+    from bench import build_model, timed, train_step_fn
 
     from cinn_sr.memory import set_memory_saving
 
@@ -68,7 +46,7 @@ def run_ours(job: dict) -> dict:
     device = torch.device("cpu")
     model = build_model("div2k-4x", device, K=job["K"])
     set_memory_saving(model, job["mode"] == "memory_saving")
-    step = step_fn(model, job["batch"], job["hr"])
+    step = train_step_fn(model, job["batch"], job["hr"], device)
     rss_before = current_rss_mb()
     times = timed(step, job["runs"], job["warmup"], device)
     return {"median_s_per_step": round(median(times), 3), "times_s": [round(t, 3) for t in times],
@@ -78,30 +56,52 @@ def run_ours(job: dict) -> dict:
 
 def run_interleaved(job: dict) -> dict:
     """Step times of both cinn-sr modes on one model, alternated (load that changes over
-    time affects both alike)."""
+    time affects all alike), with the encoder trained and frozen; and the floor of any
+    step that recomputes activations: 1 + (a no-grad pass of the flow, and of the encoder
+    trunk where it trains) / the standard step."""
     import torch
-    from bench import build_model, interleaved
+    from bench import build_model, interleaved, train_step_fn
 
     from cinn_sr.blocks import MemorySavingFlow
 
     torch.set_num_threads(job["threads"])
     device = torch.device("cpu")
     model = build_model("div2k-4x", device, K=job["K"])
-    step = step_fn(model, job["batch"], job["hr"])
+    step = train_step_fn(model, job["batch"], job["hr"], device)
     runner = MemorySavingFlow(model.flow)
+    lr, hr = step.batch
+    with torch.no_grad():
+        cond = model.condition(lr)
 
-    def mode(on: bool):
+    def mode(on: bool, frozen: bool):
         def run():
             model.memory_saving, model.encoder.checkpoint_trunk = (runner if on else None), on
+            for p in model.encoder.parameters():
+                p.requires_grad_(not frozen)
             step()
         return run
 
-    times = interleaved({m: mode(m == "memory_saving") for m in MODES}, job["runs"],
-                        job["warmup"], device)
-    result = {m: {"median_s_per_step": round(median(t), 3), "times_s": [round(x, 3) for x in t]}
-              for m, t in times.items()}
-    result["memory_saving_time_vs_standard"] = round(
-        median(times["memory_saving"]) / median(times["standard"]), 3)
+    @torch.no_grad()
+    def flow_pass():
+        model.nll(lr, hr, cond=cond)
+
+    @torch.no_grad()
+    def trunk_pass():
+        model.encoder.RRDB_trunk(model.encoder.conv_first(lr))
+
+    variants = {f"{m}{suffix}": mode(m == "memory_saving", frozen)
+                for frozen, suffix in ((False, ""), (True, "_frozen_encoder")) for m in MODES}
+    times = interleaved({**variants, "flow_pass": flow_pass, "trunk_pass": trunk_pass},
+                        job["runs"], job["warmup"], device)
+    med = {name: median(t) for name, t in times.items()}
+    result = {name: {"median_s": round(med[name], 3), "times_s": [round(x, 3) for x in t]}
+              for name, t in times.items()}
+    for suffix, recomputed in (("", med["flow_pass"] + med["trunk_pass"]),
+                               ("_frozen_encoder", med["flow_pass"])):
+        result[f"memory_saving_time_vs_standard{suffix}"] = round(
+            med[f"memory_saving{suffix}"] / med[f"standard{suffix}"], 3)
+        result[f"recompute_floor_vs_standard{suffix}"] = round(
+            1 + recomputed / med[f"standard{suffix}"], 3)
     result["kept_inputs"] = sorted(runner.keep)
     return result
 

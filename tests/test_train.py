@@ -17,7 +17,7 @@ from cinn_sr.datasets import sample_photos, write_image
 from cinn_sr.datasets.patch_dataset import PatchDataset
 from cinn_sr.distributed import ProcessInfo, ShardedBatches
 from cinn_sr.driver import loop_settings, pretrain, resolve_for_resume, train
-from cinn_sr.loop import TrainingStopped, run_loop
+from cinn_sr.loop import TrainingStopped, adam, run_loop
 from cinn_sr.model import SRFlow
 from cinn_sr.runs import read_metrics
 from cinn_sr.train import build_flow_task
@@ -62,6 +62,26 @@ def test_training_lowers_the_nll(straight):
     first, last = [loss[s] for s in range(1, 11)], [loss[s] for s in range(91, 101)]
     assert sum(last) / 10 < sum(first) / 10 - 0.3, (first, last)
     assert straight.skipped == 0
+
+
+def test_the_training_adam_is_fused_and_takes_the_plain_adam_update():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 32, dtype=dtype)) for dtype in
+              (torch.float32, torch.float64)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    start = [p.detach().clone() for p in params]
+    fused = adam(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=1e-3)
+    plain = torch.optim.Adam(copies, lr=1e-2, betas=(0.9, 0.99), weight_decay=1e-3)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for group, optimizer in ((params, fused), (copies, plain)):
+            for p, g in zip(group, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for p, q, p0 in zip(params, copies, start, strict=True):
+        assert (p - p0).abs().mean() > 5e-3  # five steps of about lr each
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_run_folder_holds_everything(straight):
