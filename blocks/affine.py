@@ -190,16 +190,34 @@ class ConditionalAffineCoupling(InvertibleModule):
         h = (h.unflatten(0, (u.shape[0], n)) + h_condition.unsqueeze(1)).flatten(0, 1)
         return net.finish(h, allow_init=allow_init)
 
+    def _shift_and_scale(self, x_a: Tensor, u: Tensor, n: int,
+                         allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
+        h = self._subnet_output(x_a, u, n, allow_init)
+        return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
+
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x, u = x_or_z[0], _concat_conditions(self, c)
         n = samples_per_condition(self, x, u)
         x_a, x_b = x[:, : self.passive_channels], x[:, self.passive_channels:]
-        h = self._subnet_output(x_a, u, n, allow_init=not rev)
-        scale, log_scale = affine_scale(h[:, 1::2], self.scale_function, self.clamp)
-        shift = h[:, 0::2]
+        shift, scale, log_scale = self._shift_and_scale(x_a, u, n, allow_init=not rev)
         out_b = x_b / scale - shift if rev else (x_b + shift) * scale
         logdet = log_scale.sum(dim=(1, 2, 3))
         return (torch.cat([x_a, out_b], dim=1),), (-logdet if rev else logdet)
+
+    def reconstruct_for_backward(self, z_or_y, c=None):
+        """For memory-saving backprop (`memory_saving.py`): the input x of the output z as
+        leaves that require grad, x_A and x_B, and the forward's output and log-det on them
+        with grad, from one evaluation of the subnet (the inverse's, which reads x_A = z_A):
+        ([[x_A, x_B]], (z,), log-det)."""
+        z, u = z_or_y[0], _concat_conditions(self, c)
+        n = samples_per_condition(self, z, u)
+        x_a = z[:, : self.passive_channels].detach().requires_grad_()
+        shift, scale, log_scale = self._shift_and_scale(x_a, u, n, allow_init=False)
+        with torch.no_grad():
+            x_b = z[:, self.passive_channels:] / scale - shift
+        x_b.requires_grad_()
+        out = torch.cat([x_a, (x_b + shift) * scale], dim=1)
+        return [[x_a, x_b]], (out,), log_scale.sum(dim=(1, 2, 3))
 
     def output_dims(self, input_dims):
         return list(input_dims)

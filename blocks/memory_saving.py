@@ -4,15 +4,21 @@
 returns (the forward direction: outputs and log-det) with the same gradients, but keeps none
 of the nodes' activations for the backward pass (the i-RevNet / memcnn idea):
 
-- forward: the nodes run in order under no_grad; only the graph outputs are kept (and the
-  inputs of the nodes on the `keep` list, below).
-- backward: the nodes are walked in reverse. Each node's input is reconstructed from its
-  output with `module(out, c, rev=True)`, the node's forward is re-run on it with grad, and
+The runner steps through units: the graph's nodes, with each `FlowStep` node taken part by
+part (ActNorm, 1x1 conv, injector, coupling: a unit each).
+
+- forward: the units run in order under no_grad; only the graph outputs are kept (and the
+  inputs of the units on the `keep` list, below).
+- backward: the units are walked in reverse. Each unit's input is reconstructed from its
+  output with `module(out, c, rev=True)`, the unit's forward is re-run on it with grad, and
   `torch.autograd.grad` gives the gradients w.r.t. its input, its conditions and its
   parameters from those of its outputs and of the log-det. At any time the activations of
-  one node are held, whatever the depth of the graph. Blocks that support a
-  `ConditionCache` compute their condition-only terms once for the inverse and the re-run,
-  and each pass splits an upsampled condition once for all its blocks (`sharing_sources`).
+  one unit are held, whatever the depth of the graph. A block with
+  `reconstruct_for_backward` (the affine coupling) does both from one evaluation of its
+  subnet: the inverse's subnet reads the passive half, which the output carries unchanged.
+  Blocks that support a `ConditionCache` compute their condition-only terms once for the
+  inverse and the re-run, and each pass splits an upsampled condition once for all its
+  blocks (`sharing_sources`).
 
 The graph runs as one autograd Function whose inputs include every parameter that requires
 grad, so parameter gradients are accumulated by autograd itself (DistributedDataParallel's
@@ -23,27 +29,30 @@ Data-dependent initialisation: while any module is uninitialised (`is_initialize
 or FrEIA's `init_on_next_batch`), or under no_grad, the graph runs as usual.
 
 Drift guard: reconstruction loses precision where a block contracts strongly (an affine
-scale near its floor of 1e-4, an ill-conditioned 1x1 conv), and errors grow from node to
-node. Every node's input is fingerprinted in the forward (`PROBES` random projections and
+scale near its floor of 1e-4, an ill-conditioned 1x1 conv), and errors grow from unit to
+unit. Every unit's input is fingerprinted in the forward (`PROBES` random projections and
 the norm per sample: a few numbers, whatever its size); in the backward the fingerprint of
 the reconstructed input gives its relative error ||x_rec - x|| / ||x|| (wherever the error
 lies), and the re-run forward is compared with the output it must reproduce (max |error| /
 max |output|). Where either exceeds `tolerance` (`TOLERANCES`: 1e-5 in float32, 1e-10 in
-float64), the node's exact input is recomputed by a no-grad forward from the graph inputs,
-its gradients come from that, a `DriftWarning` names it, and its input is stored in every
-later forward (`keep`), so that errors start from zero again there: gradients are never
-computed from a drifted input, and only the nodes that need it cost memory.
+float64), the unit's exact input is recomputed by a no-grad forward (from the last stored
+input before it, else from the graph inputs), its gradients come from that, a
+`DriftWarning` names it, and its input is stored in every later forward (`keep`), so that
+errors start from zero again there: gradients are never computed from a drifted input, and
+only the units that need it cost memory.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from FrEIA.framework import GraphINN
-from torch import Tensor
+from torch import Tensor, nn
 
 from .condition_cache import ConditionCache
+from .flow_step import FlowStep
 from .upsampled import sharing_sources
 
 PROBES = 4
@@ -92,19 +101,61 @@ def _drift(errors) -> float:
     return max(errors, default=0.0)
 
 
+@dataclass(eq=False)
+class _Unit:
+    """One module the runner steps through: a graph node, or one part of a `FlowStep` node.
+    `inputs` and `outputs` are the keys of the values it reads and writes."""
+
+    name: str
+    module: nn.Module
+    inputs: list
+    outputs: list
+    conditions: list
+
+
+def _units(nodes) -> list[_Unit]:
+    """The graph's nodes in order, each `FlowStep` node as its parts (one unit each)."""
+    units = []
+    for node in nodes:
+        outputs = [(node, i) for i in range(len(node.outputs))]
+        if not isinstance(node.module, FlowStep):
+            units.append(_Unit(node.name, node.module, list(node.inputs), outputs,
+                               list(node.conditions)))
+            continue
+        inputs, parts = list(node.inputs), node.module.parts
+        for k, part in enumerate(parts):
+            name = f"{node.name}.{part.name}"
+            out = outputs if k == len(parts) - 1 else [(name, 0)]
+            units.append(_Unit(name, getattr(node.module, part.name), inputs, out,
+                               [node.conditions[i] for i in part.conditions]))
+            inputs = out
+    return units
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+
+def _joined_gradient(pieces: list[Tensor], grads) -> Tensor | None:
+    if all(g is None for g in grads):
+        return None
+    return _joined([torch.zeros_like(p) if g is None else g
+                    for p, g in zip(pieces, grads, strict=True)])
+
+
 class MemorySavingFlow:
     """Runs `graph` forward with memory-saving backprop (see the module docstring).
 
-    `keep` holds the names of the nodes whose inputs are stored (those that drifted);
+    `keep` holds the names of the units whose inputs are stored (those that drifted);
     `tolerance` None means the inputs' dtype's entry of `TOLERANCES`.
     """
 
     def __init__(self, graph: GraphINN, tolerance: float | None = None) -> None:
         self.graph, self.tolerance = graph, tolerance
         special = {*graph.in_nodes, *graph.out_nodes, *graph.condition_nodes}
-        self.nodes = [node for node in graph.node_list if node not in special]
-        self.caching = {node for node in self.nodes
-                        if any(hasattr(m, "condition_cache") for m in node.module.modules())}
+        self.units = _units(node for node in graph.node_list if node not in special)
+        self.caching = {unit for unit in self.units
+                        if any(hasattr(m, "condition_cache") for m in unit.module.modules())}
         self.keep: set[str] = set()
 
     def __call__(self, x_or_z, c=None, jac: bool = True) -> tuple[tuple[Tensor, ...], Tensor]:
@@ -126,9 +177,11 @@ class MemorySavingFlow:
 
     # ---- passes -------------------------------------------------------------------------
 
-    def _call(self, node, x, conditions: dict, rev: bool = False):
-        kwargs = {"c": [conditions[n] for n in node.conditions]} if node.conditions else {}
-        return node.module(tuple(x), rev=rev, jac=True, **kwargs)
+    def _conditions(self, unit: _Unit, conditions: dict) -> dict:
+        return {"c": [conditions[n] for n in unit.conditions]} if unit.conditions else {}
+
+    def _call(self, unit: _Unit, x, conditions: dict, rev: bool = False):
+        return unit.module(tuple(x), rev=rev, jac=True, **self._conditions(unit, conditions))
 
     def _start(self, inputs, conditions) -> tuple[dict, dict]:
         values = {(node, 0): x for node, x in zip(self.graph.in_nodes, inputs, strict=True)}
@@ -141,29 +194,44 @@ class MemorySavingFlow:
         values, conds = self._start(inputs, conditions)
         logdet = torch.zeros(inputs[0].shape[0]).to(inputs[0])
         fingerprints, kept = {}, {}
-        for node in self.nodes:
-            x = [values.pop(key) for key in node.inputs]
-            fingerprints[node] = [fingerprint(t) for t in x]
-            if node.name in self.keep:
-                kept[node] = x
-            out, node_logdet = self._call(node, x, conds)
-            values.update(((node, i), y) for i, y in enumerate(out))
-            logdet = logdet + node_logdet
+        for unit in self.units:
+            x = [values.pop(key) for key in unit.inputs]
+            fingerprints[unit] = [fingerprint(t) for t in x]
+            if unit.name in self.keep:
+                kept[unit] = x
+            out, unit_logdet = self._call(unit, x, conds)
+            values.update(zip(unit.outputs, out, strict=True))
+            logdet = logdet + unit_logdet
         outputs = [values[out_node.inputs[0]] for out_node in self.graph.out_nodes]
         return outputs, logdet, fingerprints, kept
 
     @torch.no_grad()
     @sharing_sources()
-    def exact_inputs(self, target, inputs, conditions) -> list[Tensor]:
-        """The inputs of node `target`, by a no-grad forward from the graph inputs."""
-        values, conds = self._start(inputs, conditions)
-        for node in self.nodes:
-            x = [values.pop(key) for key in node.inputs]
-            if node is target:
-                return x
-            out, _ = self._call(node, x, conds)
-            values.update(((node, i), y) for i, y in enumerate(out))
-        raise KeyError(target)
+    def exact_inputs(self, target: _Unit, inputs, conditions, kept: dict) -> list[Tensor]:
+        """The inputs of unit `target`, by a no-grad forward from the last unit before it
+        whose inputs are stored (`kept`) and determine all the values up to it, else from
+        the graph inputs."""
+        index = self.units.index(target)
+        first, values = 0, self._start(inputs, conditions)[0]
+        for i in reversed(range(index)):
+            unit = self.units[i]
+            if unit in kept and self._self_contained(i, index):
+                first, values = i, dict(zip(unit.inputs, kept[unit], strict=True))
+                break
+        conds = dict(zip(self.graph.condition_nodes, conditions, strict=True))
+        for unit in self.units[first:index]:
+            out, _ = self._call(unit, [values.pop(key) for key in unit.inputs], conds)
+            values.update(zip(unit.outputs, out, strict=True))
+        return [values[key] for key in target.inputs]
+
+    def _self_contained(self, first: int, last: int) -> bool:
+        """Whether units first..last read only values produced from unit first's inputs."""
+        available = set(self.units[first].inputs)
+        for unit in self.units[first: last + 1]:
+            if not available.issuperset(unit.inputs):
+                return False
+            available = (available - set(unit.inputs)) | set(unit.outputs)
+        return True
 
     @sharing_sources()
     def backward(self, saved, grad_outputs, grad_logdet, needs_input_grad, needs_condition_grad):
@@ -179,37 +247,40 @@ class MemorySavingFlow:
         conds = {node: c.detach().requires_grad_(need) for node, c, need in
                  zip(self.graph.condition_nodes, conditions, needs_condition_grad, strict=True)}
         param_grads: dict[int, Tensor] = {}
-        for node in reversed(self.nodes):
-            y = [values.pop((node, i)) for i in range(len(node.outputs))]
-            g = [grads.pop((node, i), None) for i in range(len(node.outputs))]
-            if node in kept:
-                x, exact = kept[node], True
-            elif all(key in true_inputs for key in node.inputs):
-                x, exact = [true_inputs[key] for key in node.inputs], True
+        for unit in reversed(self.units):
+            y = [values.pop(key) for key in unit.outputs]
+            g = [grads.pop(key, None) for key in unit.outputs]
+            if unit in kept:
+                x = kept[unit]
+            elif all(key in true_inputs for key in unit.inputs):
+                x = [true_inputs[key] for key in unit.inputs]
             else:
-                x, exact = None, False
-            with ConditionCache().active(node.module):
-                if not exact:
-                    x = self._reconstruct(node, y, conds)
-                drift = 0.0 if exact else _drift(
-                    fingerprint_error(fingerprint(t), f)
-                    for t, f in zip(x, fingerprints[node], strict=True))
-                x, out, node_logdet = self._rerun(node, x, conds)
-                if not exact:
-                    drift = max(drift, _drift(relative_error(o.detach(), t)
-                                              for o, t in zip(out, y, strict=True)))
-                if drift > tolerance:
-                    self._report(node, drift, tolerance)
-                    x = self.exact_inputs(node, inputs, conditions)
-                    x, out, node_logdet = self._rerun(node, x, conds)
-            node_conds = [conds[n] for n in node.conditions if conds[n].requires_grad]
-            params = [p for p in node.module.parameters() if p.requires_grad]
-            gx, gc, gp = _node_gradients(out, g, node_logdet, grad_logdet, x, node_conds, params)
-            for key, xi, gxi in zip(node.inputs, x, gx, strict=True):
-                values[key] = xi.detach()
+                x = None
+            with ConditionCache().active(unit.module):
+                if x is not None:
+                    pieces, out, unit_logdet = self._rerun(unit, x, conds)
+                else:
+                    pieces, out, unit_logdet = self._reconstruct(unit, y, conds)
+                    drift = _drift([
+                        *(fingerprint_error(fingerprint(_joined(p)), f)
+                          for p, f in zip(pieces, fingerprints[unit], strict=True)),
+                        *(relative_error(o.detach(), t) for o, t in zip(out, y, strict=True))])
+                    if drift > tolerance:
+                        self._report(unit, drift, tolerance)
+                        x = self.exact_inputs(unit, inputs, conditions, kept)
+                        pieces, out, unit_logdet = self._rerun(unit, x, conds)
+            unit_conds = [conds[n] for n in unit.conditions if conds[n].requires_grad]
+            params = [p for p in unit.module.parameters() if p.requires_grad]
+            leaves = [t for p in pieces for t in p]
+            gx, gc, gp = _node_gradients(out, g, unit_logdet, grad_logdet, leaves, unit_conds,
+                                         params)
+            gx = iter(gx)
+            for key, p in zip(unit.inputs, pieces, strict=True):
+                values[key] = _joined(p).detach()
+                gxi = _joined_gradient(p, [next(gx) for _ in p])
                 if gxi is not None:
                     grads[key] = gxi if grads.get(key) is None else grads[key] + gxi
-            for c, gci in zip(node_conds, gc, strict=True):
+            for c, gci in zip(unit_conds, gc, strict=True):
                 if gci is not None:
                     c.grad = gci if c.grad is None else c.grad + gci
             for p, gpi in zip(params, gp, strict=True):
@@ -220,24 +291,31 @@ class MemorySavingFlow:
         grad_conditions = [conds[node].grad for node in self.graph.condition_nodes]
         return grad_inputs, grad_conditions, param_grads
 
-    def _reconstruct(self, node, y, conds) -> list[Tensor]:
-        """The node's input from its output. A node with condition-cache support runs its
-        inverse under grad, so that the re-run reuses its condition terms, graph and all."""
-        with torch.set_grad_enabled(node in self.caching):
-            x = self._call(node, y, conds, rev=True)[0]
-        return [t.detach() for t in x]
+    def _reconstruct(self, unit: _Unit, y, conds):
+        """(input pieces, outputs, logdet): the unit's input from its output, and its forward
+        on it with grad. A block with `reconstruct_for_backward` does both in one evaluation
+        of its subnet; other units run their inverse (under grad where they support a
+        condition cache, so that the re-run reuses its condition terms, graph and all)."""
+        reconstruct = getattr(unit.module, "reconstruct_for_backward", None)
+        if reconstruct is not None:
+            with torch.enable_grad():
+                pieces, out, unit_logdet = reconstruct(tuple(y), **self._conditions(unit, conds))
+            return pieces, list(out), unit_logdet
+        with torch.set_grad_enabled(unit in self.caching):
+            x = self._call(unit, y, conds, rev=True)[0]
+        return self._rerun(unit, x, conds)
 
-    def _rerun(self, node, x, conds):
-        """The node's forward with grad on detached copies of `x`: (x, outputs, logdet)."""
+    def _rerun(self, unit: _Unit, x, conds):
+        """The unit's forward with grad on detached copies of `x`: (pieces, outputs, logdet)."""
         x = [t.detach().requires_grad_() for t in x]
         with torch.enable_grad():
-            out, node_logdet = self._call(node, x, conds)
-        return x, list(out), node_logdet
+            out, unit_logdet = self._call(unit, x, conds)
+        return [[t] for t in x], list(out), unit_logdet
 
-    def _report(self, node, drift: float, tolerance: float) -> None:
-        self.keep.add(node.name)
+    def _report(self, unit: _Unit, drift: float, tolerance: float) -> None:
+        self.keep.add(unit.name)
         warnings.warn(
-            f"memory-saving backprop: the input of {node.name} reconstructs with relative error "
+            f"memory-saving backprop: the input of {unit.name} reconstructs with relative error "
             f"{drift:.3g} > {tolerance:.3g}; this step's gradients use its exact input, and it is "
             "stored from now on", DriftWarning, stacklevel=2)
 

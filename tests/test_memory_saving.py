@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from flow_helpers import randomise_output_layers
 from torch import nn
 
-from cinn_sr.blocks import DriftWarning, MemorySavingFlow, upsampled
+from cinn_sr.blocks import ConditionalAffineCoupling, DriftWarning, MemorySavingFlow, upsampled
 from cinn_sr.config import ConfigError, TrainConfig, read_toml, resolve, write_toml
 from cinn_sr.driver import train
 from cinn_sr.memory import set_memory_saving
@@ -109,6 +109,37 @@ def test_first_batch_initialises_actnorms_as_the_standard_path():
     assert_same_gradients(expected, actual, 1e-5)
 
 
+@pytest.mark.parametrize("samples_per_condition", [1, 3])
+def test_the_coupling_reconstructs_with_the_gradients_of_its_forward(samples_per_condition):
+    """`reconstruct_for_backward` gives the inverse's input and the forward's gradients
+    (input, condition, parameters) from one subnet evaluation."""
+    torch.manual_seed(0)
+    coupling = ConditionalAffineCoupling([(5, 6, 6)], [(4, 6, 6)], hidden=8).double()
+    coupling((torch.randn(2, 5, 6, 6, dtype=torch.float64),),
+             c=[torch.randn(2, 4, 6, 6, dtype=torch.float64)])  # ActNorm initialisation
+    with torch.no_grad():
+        coupling.subnet[4].weight.normal_(0, 0.1)  # the zero-initialised last layer
+        coupling.subnet[4].bias.normal_(0, 0.1)
+    u = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2 * samples_per_condition, 5, 6, 6, dtype=torch.float64)
+    (z,), _ = coupling((x,), c=[u])
+    grad_z, grad_logdet = torch.randn_like(z), torch.randn(len(x), dtype=torch.float64)
+    params = list(coupling.parameters())
+
+    leaf = x.clone().requires_grad_()
+    (out,), logdet = coupling((leaf,), c=[u])
+    expected = torch.autograd.grad([out, logdet], [leaf, u, *params], [grad_z, grad_logdet])
+    with mock.patch.object(coupling.subnet, "finish", wraps=coupling.subnet.finish) as runs:
+        [pieces], (out,), logdet = coupling.reconstruct_for_backward((z.detach(),), c=[u])
+    assert runs.call_count == 1
+    assert torch.allclose(torch.cat(pieces, 1), x, atol=1e-12)
+    assert torch.allclose(out, z, atol=1e-12)
+    grads = torch.autograd.grad([out, logdet], [*pieces, u, *params], [grad_z, grad_logdet])
+    actual = [torch.cat(grads[:2], 1), *grads[2:]]
+    for a, e in zip(actual, expected, strict=True):
+        assert torch.allclose(a, e, rtol=1e-9, atol=1e-12)
+
+
 def test_a_generic_freia_graph_with_a_split_and_conditions():
     """FrEIA's own modules, its data-dependent ActNorm included, in float64."""
     torch.manual_seed(0)
@@ -157,8 +188,9 @@ def test_a_generic_freia_graph_with_a_split_and_conditions():
 
 
 def test_drift_guard_recovers_from_an_ill_conditioned_block():
-    """A near-singular 1x1 conv loses the input in float32: the guard reports the node,
-    gives the exact gradients and stores that node's input from then on."""
+    """A near-singular 1x1 conv loses the input in float32: the guard reports it (a part of
+    a flow step is a unit of its own), gives the exact gradients and stores its input from
+    then on."""
     model = random_model("tiny-4x", 8, torch.float32)
     invconv = model.flow_modules()["L2.step1"].invconv
     q1, q2 = torch.linalg.qr(torch.randn(invconv.channels, invconv.channels))[0], torch.eye(
@@ -183,9 +215,26 @@ def test_drift_guard_recovers_from_an_ill_conditioned_block():
             assert drifts and all("L2.step1" in d for d in drifts), drifts
         else:
             assert not drifts  # its input is stored now
-        assert flow.keep == {"L2.step1"}
+        assert flow.keep == {"L2.step1.invconv"}
         actual = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         assert_same_gradients({k: v for k, v in expected.items() if k in actual}, actual, 1e-4)
+
+
+def test_an_exact_input_is_recomputed_from_the_last_stored_input_before_it():
+    model = random_model("tiny-4x", 8, torch.float32)
+    lr, hr = pair(model.config, 8)
+    with torch.no_grad():
+        cond = model.condition(lr)
+    runner = MemorySavingFlow(model.flow)
+    names = [unit.name for unit in runner.units]
+    first, target = names.index("L2.step0.actnorm"), names.index("L2.step1.coupling")
+    runner.keep = {names[first]}
+    kept = runner.forward((hr,), cond)[3]
+    with mock.patch.object(runner, "_call", wraps=runner._call) as calls:
+        from_kept = runner.exact_inputs(runner.units[target], (hr,), cond, kept)
+    assert calls.call_count == target - first
+    from_inputs = runner.exact_inputs(runner.units[target], (hr,), cond, {})
+    assert torch.equal(from_kept[0], from_inputs[0])
 
 
 def test_a_frozen_encoder_gives_conditions_without_grad():
