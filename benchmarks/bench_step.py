@@ -53,9 +53,8 @@ def ours_steps(model, lr, hr, torch) -> dict:
     def variant(fast: bool, frozen: bool):
         def step() -> None:
             use(fast, frozen)
-            loss = model.nll(lr, hr).mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            model.nll(lr, hr).mean().backward()
             optimizer.step()
         return step
 
