@@ -103,6 +103,12 @@ def _concat_conditions(module, c) -> Tensor:
     return c[0] if len(c) == 1 else torch.cat(list(c), dim=1)
 
 
+def _shift_and_scale_of(block, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(shift, scale, log scale) of the subnet output h: the shift from the even channels,
+    the raw scale from the odd ones, through the block's scale function."""
+    return (h[:, 0::2], *affine_scale(h[:, 1::2], block.scale_function, block.clamp))
+
+
 def _per_sample(values: Tensor, n: int) -> Tensor:
     """[B, ...] per-condition values -> [B * n, ...] (input i gets row i // n)."""
     return values if n == 1 else values.repeat_interleave(n, dim=0)
@@ -135,8 +141,7 @@ class AffineInjector(InvertibleModule):
         self.condition_cache = None
 
     def _shift_and_scale(self, u: Tensor, allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
-        h = _run_subnet(self.subnet, u, allow_init, self.upsampled)
-        return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
+        return _shift_and_scale_of(self, _run_subnet(self.subnet, u, allow_init, self.upsampled))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x, u = x_or_z[0], _concat_conditions(self, c)
@@ -192,8 +197,7 @@ class ConditionalAffineCoupling(InvertibleModule):
 
     def _shift_and_scale(self, x_a: Tensor, u: Tensor, n: int,
                          allow_init: bool) -> tuple[Tensor, Tensor, Tensor]:
-        h = self._subnet_output(x_a, u, n, allow_init)
-        return (h[:, 0::2], *affine_scale(h[:, 1::2], self.scale_function, self.clamp))
+        return _shift_and_scale_of(self, self._subnet_output(x_a, u, n, allow_init))
 
     def forward(self, x_or_z, c=None, rev=False, jac=True):
         x, u = x_or_z[0], _concat_conditions(self, c)
