@@ -212,13 +212,12 @@ class MemorySavingFlow:
         whose inputs are stored (`kept`) and determine all the values up to it, else from
         the graph inputs."""
         index = self.units.index(target)
-        first, values = 0, self._start(inputs, conditions)[0]
+        first, (values, conds) = 0, self._start(inputs, conditions)
         for i in reversed(range(index)):
             unit = self.units[i]
             if unit in kept and self._self_contained(i, index):
                 first, values = i, dict(zip(unit.inputs, kept[unit], strict=True))
                 break
-        conds = dict(zip(self.graph.condition_nodes, conditions, strict=True))
         for unit in self.units[first:index]:
             out, _ = self._call(unit, [values.pop(key) for key in unit.inputs], conds)
             values.update(zip(unit.outputs, out, strict=True))
