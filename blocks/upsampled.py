@@ -69,8 +69,10 @@ def split_source(u: Tensor, start: int, factor: int) -> tuple[Tensor, Tensor] | 
 
 
 def _split(u: Tensor, start: int, factor: int) -> tuple[Tensor, Tensor] | None:
+    """Both parts contiguous: the convolutions would otherwise copy a strided view on every
+    call, forward and backward (once per pass for all the blocks under `sharing_sources`)."""
     low = nearest_source(u[:, start:], factor)
-    return None if low is None else (u[:, :start], low)
+    return None if low is None else (u[:, :start].contiguous(), low.contiguous())
 
 
 def _tap_selection(kernel: int, padding: int, factor: int, like: Tensor) -> tuple[Tensor, int]:
