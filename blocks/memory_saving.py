@@ -44,6 +44,7 @@ only the units that need it cost memory.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -79,14 +80,22 @@ def relative_error(value: Tensor, reference: Tensor) -> float:
     return float((value - reference).abs().max() / scale)
 
 
+@functools.lru_cache(maxsize=256)
+def _directions(channels: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The fixed random factors (across channels, along the rest) of a fingerprint's probes,
+    seeded by the shape and drawn once per shape and device."""
+    generator = torch.Generator().manual_seed(channels * 1_000_003 + length)
+    across = torch.randn(channels, PROBES, generator=generator, dtype=torch.float64)
+    along = torch.randn(length, PROBES, generator=generator, dtype=torch.float64)
+    return across.to(device), along.to(device)
+
+
 def fingerprint(x: Tensor) -> Tensor:
     """[B, PROBES + 1] float64: each sample's projections on `PROBES` fixed random rank-one
     directions (channels x the rest, seeded by the shape) and its norm."""
     flat = x.detach().reshape(x.shape[0], x.shape[1] if x.dim() > 1 else 1, -1).double()
-    generator = torch.Generator().manual_seed(flat.shape[1] * 1_000_003 + flat.shape[2])
-    across = torch.randn(flat.shape[1], PROBES, generator=generator, dtype=torch.float64)
-    along = torch.randn(flat.shape[2], PROBES, generator=generator, dtype=torch.float64)
-    projections = ((flat @ along.to(flat.device)) * across.to(flat.device)).sum(1)
+    across, along = _directions(flat.shape[1], flat.shape[2], flat.device)
+    projections = ((flat @ along) * across).sum(1)
     return torch.cat([projections, flat.flatten(1).norm(dim=1, keepdim=True)], 1)
 
 
