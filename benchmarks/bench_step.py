@@ -17,7 +17,8 @@ load that changes over time affects all alike; the figures are medians:
 
 Every cinn-sr step is NLL + backward + Adam on one div2k-4x model, the variant switched
 before each step; the official model is the harness's, with the same batch (synthetic
-160 x 160 HR images and their 4x bicubic LR).
+160 x 160 HR images and their 4x bicubic LR). After the timings, one more step of each
+variant is counted in multiply-adds (`multiply_adds_g`, forward and backward).
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ def ours_steps(model, lr, hr, torch) -> dict:
 
     return {"plain": variant(False, False), "fast": variant(True, False),
             "fast-frozen": variant(True, True)}
+
+
+def multiply_adds(step) -> float:
+    """Multiply-adds (G) of one call of `step`, forward and backward (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return round(counter.get_total_flops() / 2e9, 1)
 
 
 def figures(times: dict) -> dict:
@@ -113,8 +124,9 @@ def main() -> None:
             official.optimize_parameters(count["n"])
 
         variants = {"official": official_step, **ours_steps(model, lr, hr, torch)}
-        report["results"][f"train:b{batch}"] = figures(alternate(variants, args.runs,
-                                                                 args.warmup, log))
+        result = figures(alternate(variants, args.runs, args.warmup, log))
+        result["multiply_adds_g"] = {name: multiply_adds(step) for name, step in variants.items()}
+        report["results"][f"train:b{batch}"] = result
         log(json.dumps(report["results"][f"train:b{batch}"]))
         del official, model
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
