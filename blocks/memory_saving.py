@@ -30,16 +30,16 @@ or FrEIA's `init_on_next_batch`), or under no_grad, the graph runs as usual.
 
 Drift guard: reconstruction loses precision where a block contracts strongly (an affine
 scale near its floor of 1e-4, an ill-conditioned 1x1 conv), and errors grow from unit to
-unit. Every unit's input is fingerprinted in the forward (`PROBES` random projections and
-the norm per sample: a few numbers, whatever its size); in the backward the fingerprint of
-the reconstructed input gives its relative error ||x_rec - x|| / ||x|| (wherever the error
-lies), and the re-run forward is compared with the output it must reproduce (max |error| /
-max |output|). Where either exceeds `tolerance` (`TOLERANCES`: 1e-5 in float32, 1e-10 in
-float64), the unit's exact input is recomputed by a no-grad forward (from the last stored
-input before it, else from the graph inputs), its gradients come from that, a
-`DriftWarning` names it, and its input is stored in every later forward (`keep`), so that
-errors start from zero again there: gradients are never computed from a drifted input, and
-only the units that need it cost memory.
+unit. Every unit's input (but a stored one) is fingerprinted in the forward (`PROBES`
+random projections and the norm per sample: a few numbers, whatever its size); in the
+backward the fingerprint of the reconstructed input gives its relative error ||x_rec - x||
+/ ||x|| (wherever the error lies), and the re-run forward is compared with the output it
+must reproduce (max |error| / max |output|). Where either exceeds `tolerance`
+(`TOLERANCES`: 1e-5 in float32, 1e-10 in float64), the unit's exact input is recomputed by
+a no-grad forward (from the last stored input before it, else from the graph inputs), its
+gradients come from that, a `DriftWarning` names it, and its input is stored in every later
+forward (`keep`), so that errors start from zero again there: gradients are never computed
+from a drifted input, and only the units that need it cost memory.
 """
 
 from __future__ import annotations
@@ -205,9 +205,10 @@ class MemorySavingFlow:
         fingerprints, kept = {}, {}
         for unit in self.units:
             x = [values.pop(key) for key in unit.inputs]
-            fingerprints[unit] = [fingerprint(t) for t in x]
-            if unit.name in self.keep:
+            if unit.name in self.keep:  # the backward re-runs it from x, no check needed
                 kept[unit] = x
+            else:
+                fingerprints[unit] = [fingerprint(t) for t in x]
             out, unit_logdet = self._call(unit, x, conds)
             values.update(zip(unit.outputs, out, strict=True))
             logdet = logdet + unit_logdet
